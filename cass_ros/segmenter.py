@@ -1,0 +1,340 @@
+"""The CASS segmenter: images in, label maps and per-class summaries out.
+
+This module only orchestrates; each step of cass-algorithm.md lives in the
+module named for it: preprocess (2, 5.2), vit_features (2.4, 3.1 to 3.3,
+3.9), spectral (3.3 to 3.8, 6), text (1), presence (4). All crops of all
+images in a call go through the ViTs in batches of equal crop size; the
+whole-image global vector is computed once per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import CassConfig, ConfigError
+from .models import CassModels, load_models
+from .preprocess import CLIP_MEAN, CLIP_STD, dino_input, normalize, resize_short_side, slide_windows
+from .presence import adjust_text, class_presence, patch_logits, per_class_max, presence_similarity
+from .prompts import PromptSet
+from .result import SegmentationResult, label_statistics
+from .spectral import SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
+from .text import TextEmbedder, cluster_names
+from .vit_features import ClipVision, DinoKeys
+
+log = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "clip", "dino", "spectral", "head", "postprocess")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a usable torch.device, or
+    ConfigError naming the ``device`` parameter."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"parameter 'device' is '{name}' but no CUDA device is available "
+                              "here; set device to 'cpu' or 'auto'")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"parameter 'device' is '{name}' but only "
+                              f"{torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(name)
+    raise ConfigError(f"parameter 'device' must be auto, cpu, cuda or cuda:N, not {name!r}")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the ViT matmuls (None = plain fp32)."""
+    if name == "fp32" or (name == "auto" and device.type == "cpu"):
+        return None
+    if name in ("auto", "fp16"):
+        if device.type != "cuda":
+            raise ConfigError("parameter 'precision' fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    raise ConfigError(f"parameter 'precision' must be auto, fp32, fp16 or bf16, not {name!r}")
+
+
+@dataclass(frozen=True)
+class PreparedPrompts:
+    """A prompt set ready for inference: encoded, clustered, on the device.
+    Immutable, so a node can swap it atomically between frames."""
+
+    prompt_set: PromptSet
+    prompt_id: int
+    names: tuple[str, ...]          # (C,) every name, label order
+    name_labels: torch.Tensor       # (C,) long: label of each name
+    text: torch.Tensor              # (C, E) float32 unit embeddings Q
+    clusters: np.ndarray            # (C,) cluster id per name
+    cluster_onehot: torch.Tensor    # (M, C) bool
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.prompt_set.class_names
+
+    @property
+    def num_labels(self) -> int:
+        return self.prompt_set.num_labels
+
+
+@dataclass
+class _Crop:
+    image: int                      # index of its image in the call
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1 in the resized image
+
+
+class Segmenter:
+    """CASS on one device. Thread-safe for one ``segment`` call at a time."""
+
+    def __init__(self, config: CassConfig, models: CassModels | None = None) -> None:
+        self.config = config.validate()
+        self.device = resolve_device(config.device)
+        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.models = (models if models is not None else load_models(config)).to(self.device)
+        self.clip = ClipVision(self.models.clip)
+        self.dino = DinoKeys(self.models.dino)
+        if self.clip.num_heads != self.dino.num_heads:
+            raise ConfigError(f"CLIP has {self.clip.num_heads} heads and DINO {self.dino.num_heads}: "
+                              "choose matching 'clip_model' and 'dino_model'")
+        self.params = SpectralParams(
+            k_eigen=config.k_eigen, low_rank=config.low_rank, fusion_weight=config.fusion_weight,
+            eigenvalue_scaling=config.eigenvalue_scaling, gaussian_std=config.gaussian_std,
+            attention=config.attention)
+        cache_dir = config.weights_cache_dir if not self.models.random_weights else None
+        self.text_embedder = TextEmbedder(self.models.clip, self.models.tokenizer, self.device,
+                                          self.models.clip_id, cache_dir or None, self._autocast)
+        self._priors: dict[tuple[int, int], torch.Tensor] = {}
+        self._prompt_counter = 0
+        log.info("CASS segmenter ready: %s", self.describe())
+
+    def describe(self) -> str:
+        precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
+        return (f"{self.models.description} on {self.device} ({precision}), attention "
+                f"{self.config.attention}, short side {self.config.short_side}, "
+                + ("whole image" if not self.config.slide_crop else
+                   f"sliding {self.config.slide_crop}/{self.config.slide_stride}"))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------ prompts
+
+    def prepare_prompts(self, prompt_set: PromptSet, prompt_id: int | None = None) -> PreparedPrompts:
+        """Encode (cached per name) and cluster a prompt set: the slow part
+        of a prompt change, kept off the per-frame path."""
+        names, labels = prompt_set.flat_names()
+        text = self.text_embedder.encode(names)  # (C, E) CPU float32
+        clusters = cluster_names(text, self.config.cluster_threshold)
+        onehot = torch.from_numpy(clusters[None, :] == np.arange(clusters.max() + 1)[:, None])
+        if prompt_id is None:
+            self._prompt_counter += 1
+            prompt_id = self._prompt_counter
+        return PreparedPrompts(
+            prompt_set=prompt_set, prompt_id=int(prompt_id), names=tuple(names),
+            name_labels=torch.tensor(labels, dtype=torch.long, device=self.device),
+            text=text.to(self.device), clusters=clusters, cluster_onehot=onehot.to(self.device))
+
+    # ------------------------------------------------------------ inference
+
+    def _prior(self, grid: tuple[int, int]) -> torch.Tensor:
+        prior = self._priors.get(grid)
+        if prior is None:
+            prior = gaussian_prior(grid, self.config.gaussian_std, torch.float32, self.device)
+            self._priors[grid] = prior
+        return prior
+
+    @staticmethod
+    def _check_image(i: int, image: np.ndarray) -> None:
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"image {i}: expected a numpy array, got {type(image).__name__}")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image {i}: expected RGB uint8 of shape (H, W, 3), got "
+                             f"{image.dtype} {image.shape}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"image {i}: zero size {image.shape[:2]}")
+
+    @torch.inference_mode()
+    def segment(self, images: Sequence[np.ndarray], prompts: PreparedPrompts,
+                return_probs: bool = False, output_size: str = "input") -> list[SegmentationResult]:
+        """Segment RGB uint8 images (H, W, 3), possibly of different sizes.
+
+        ``output_size``: ``input`` gives labels at each image's size,
+        ``model`` at the resized (short side) size.
+        """
+        if output_size not in ("input", "model"):
+            raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
+        for i, image in enumerate(images):
+            self._check_image(i, image)
+        if not images:
+            return []
+        cfg = self.config
+        times = dict.fromkeys(STAGES, 0.0)
+        t_start = time.perf_counter()
+
+        # 2.1: 8-bit resize; 5.2: crops of the resized images.
+        resized = [resize_short_side(img, cfg.short_side) for img in images]
+        crops: list[_Crop] = []
+        for i, img in enumerate(resized):
+            h, w = img.shape[:2]
+            boxes = [(0, h, 0, w)] if not cfg.slide_crop else slide_windows(h, w, cfg.slide_crop,
+                                                                             cfg.slide_stride)
+            crops.extend(_Crop(i, box) for box in boxes)
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for n, crop in enumerate(crops):
+            y0, y1, x0, x1 = crop.box
+            groups[(y1 - y0, x1 - x0)].append(n)
+        clip_full = [normalize(img, CLIP_MEAN, CLIP_STD) for img in resized]  # (3, H, W) each
+        times["preprocess"] += time.perf_counter() - t_start
+
+        # 4.1: in sliding-window mode the presence prior uses the whole image.
+        image_g: torch.Tensor | None = None
+        if cfg.slide_crop and not cfg.crop_global_vector:
+            image_g = self._whole_image_vectors(clip_full, times)  # (I, E)
+
+        num_labels = prompts.num_labels
+        canvases = [torch.zeros(len(prompts.names), *img.shape[:2], device=self.device)
+                    for img in resized]
+        counts = [torch.zeros(img.shape[:2], device=self.device) for img in resized]
+        image_r: list[torch.Tensor | None] = [None] * len(images)
+        for (ch, cw), members in groups.items():
+            logits, r = self._forward_crops([crops[n] for n in members], resized, clip_full,
+                                            image_g, prompts, times)
+            t0 = time.perf_counter()
+            logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)
+            for j, n in enumerate(members):
+                crop = crops[n]
+                y0, y1, x0, x1 = crop.box
+                canvases[crop.image][:, y0:y1, x0:x1] += logits[j]
+                counts[crop.image][y0:y1, x0:x1] += 1
+                # Reported presence: the image's own prior (per crop with the
+                # Cityscapes rule, then the max over its crops).
+                prev = image_r[crop.image]
+                image_r[crop.image] = r[j] if prev is None else torch.maximum(prev, r[j])
+            self._sync()
+            times["postprocess"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        results = []
+        for i, image in enumerate(images):
+            logits = canvases[i] / counts[i]  # (C, Hr, Wr)
+            size = image.shape[:2] if output_size == "input" else resized[i].shape[:2]
+            if tuple(size) != tuple(logits.shape[-2:]):
+                logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear",
+                                       align_corners=False)[0]
+            results.append(self._labels(logits, image_r[i], prompts, return_probs))
+        self._sync()
+        times["postprocess"] += time.perf_counter() - t0
+        total = time.perf_counter() - t_start
+        timings = {k: round(v * 1000.0, 3) for k, v in times.items()}
+        timings["total"] = round(total * 1000.0, 3)
+        for res in results:
+            res.timings_ms = dict(timings)
+        del num_labels
+        return results
+
+    def _whole_image_vectors(self, clip_full: list[torch.Tensor], times: dict[str, float]
+                             ) -> torch.Tensor:
+        """One plain CLIP pass per image (images of equal size batched): (I, E)."""
+        t0 = time.perf_counter()
+        out: list[torch.Tensor | None] = [None] * len(clip_full)
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, x in enumerate(clip_full):
+            by_size[tuple(x.shape[-2:])].append(i)
+        for members in by_size.values():
+            batch = torch.stack([clip_full[i] for i in members]).to(self.device)
+            with self._autocast():
+                g = self.clip.encode_image(batch).float()
+            for j, i in enumerate(members):
+                out[i] = g[j]
+        self._sync()
+        times["clip"] += time.perf_counter() - t0
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def _forward_crops(self, crops: list[_Crop], resized: list[np.ndarray],
+                       clip_full: list[torch.Tensor], image_g: torch.Tensor | None,
+                       prompts: PreparedPrompts, times: dict[str, float]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crops of one size -> logits (B, C, gh, gw) and presence similarity r (B, C)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        clip_in = torch.stack([clip_full[c.image][:, c.box[0]:c.box[1], c.box[2]:c.box[3]]
+                               for c in crops]).to(self.device)
+        need_dino = cfg.attention != "vanilla"
+        if need_dino:
+            dino_in = torch.stack([
+                dino_input(resized[c.image][c.box[0]:c.box[1], c.box[2]:c.box[3]], self.dino.patch)
+                for c in crops]).to(self.device)
+        times["preprocess"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with self._autocast():
+            x, grid = self.clip.tokens_before_last(clip_in)
+            g_crop = self.clip.global_vector(x).float() if image_g is None else None
+            q, k, v = self.clip.last_qkv(x)
+        self._sync()
+        times["clip"] += time.perf_counter() - t0
+
+        kd = None
+        if need_dino:
+            t0 = time.perf_counter()
+            with self._autocast():
+                keys_dino, dino_grid = self.dino.last_keys(dino_in)
+            kd = resize_dino_keys(keys_dino.float(), dino_grid, grid)
+            self._sync()
+            times["dino"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        heads, _ = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
+                                  prior=self._prior(grid) if need_dino else None)
+        self._sync()
+        times["spectral"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with self._autocast():
+            patches = self.clip.reduced_output(heads)  # P (B, N, E)
+        patches = patches.float()
+        g = g_crop if g_crop is not None else image_g[[c.image for c in crops]]
+        r = presence_similarity(g, prompts.text)  # (B, C)
+        t = adjust_text(patches, prompts.text, r, prompts.cluster_onehot, cfg.mean_vector_weight)
+        logits = patch_logits(patches, t, r, cfg.global_semantics_weight)  # (B, N, C)
+        logits = logits.transpose(1, 2).reshape(len(crops), -1, *grid)
+        self._sync()
+        times["head"] += time.perf_counter() - t0
+        return logits, r
+
+    def _labels(self, logits: torch.Tensor, r: torch.Tensor, prompts: PreparedPrompts,
+                return_probs: bool) -> SegmentationResult:
+        """Logits over names (C, H, W) -> labels, probabilities, statistics (5.4)."""
+        k = prompts.num_labels
+        name_prob = torch.softmax(self.config.logit_scale * logits, 0)       # (C, H, W)
+        class_prob = per_class_max(name_prob, prompts.name_labels, k, dim=0)  # (K, H, W)
+        best_prob, labels = class_prob.max(0)
+        labels = labels.masked_fill(best_prob < self.config.prob_threshold, 0)
+        own_prob = torch.gather(class_prob, 0, labels[None])[0]
+        dtype = np.uint8 if k <= 256 else np.uint16
+        labels_np = labels.to(torch.int32).cpu().numpy().astype(dtype)
+        own_np = own_prob.cpu().numpy()
+        counts, mean_conf, boxes = label_statistics(labels_np, own_np, k)
+        presence = class_presence(r[None], prompts.name_labels, k)[0].cpu().numpy()
+        return SegmentationResult(
+            labels=labels_np, class_names=prompts.class_names, presence=presence.astype(np.float32),
+            pixel_counts=counts, mean_confidence=mean_conf, boxes=boxes, prompt_id=prompts.prompt_id,
+            probs=class_prob.cpu().numpy().astype(np.float32) if return_probs else None)

@@ -1,0 +1,119 @@
+"""Class-name text embeddings and their clustering (cass-algorithm.md
+section 1): 80 OpenAI ImageNet templates per name, averaged; Ward
+clustering of the names by cosine distance.
+
+Embeddings depend only on the name and the text tower, so they are cached
+per name (in memory, and on disk when a cache directory is given): a prompt
+change encodes only the names not seen before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def templates() -> list[Callable[[str], str]]:
+    """The 80 OpenAI ImageNet prompt templates, in the reference's order
+    (open_clip ships the same list)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+class TextEmbedder:
+    """Encodes class names into unit 512-d (E-d) vectors, with a cache."""
+
+    def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
+                 device: torch.device, model_id: str, cache_dir: str | None = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 batch_names: int = 8) -> None:
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.device = device
+        self.autocast = autocast or contextlib.nullcontext
+        self.batch_names = batch_names
+        self._templates = templates()
+        self._memory: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+        self._disk: Path | None = None
+        if cache_dir:
+            digest = hashlib.sha1(model_id.encode()).hexdigest()[:16]
+            self._disk = Path(cache_dir) / "text_embeddings" / f"{digest}.pt"
+            if self._disk.is_file():
+                try:
+                    self._memory.update(torch.load(self._disk, map_location="cpu", weights_only=True))
+                except Exception as e:  # noqa: BLE001 - a bad cache is only a cache miss
+                    log.warning("ignoring unreadable text-embedding cache %s: %s", self._disk, e)
+
+    @property
+    def cached_names(self) -> set[str]:
+        return set(self._memory)
+
+    @torch.no_grad()
+    def encode_fresh(self, names: Sequence[str]) -> torch.Tensor:
+        """(C, E) float32 on the CPU, bypassing the cache: per name, each
+        template's embedding is L2-normalised, the 80 are averaged and the
+        mean normalised again."""
+        out = []
+        per = len(self._templates)
+        for i in range(0, len(names), self.batch_names):
+            chunk = names[i:i + self.batch_names]
+            texts = [t(n) for n in chunk for t in self._templates]
+            tokens = self.tokenizer(texts).to(self.device)
+            with self.autocast():
+                emb = self.clip.encode_text(tokens)  # (len(chunk) * 80, E)
+            emb = F.normalize(emb.float(), dim=-1).reshape(len(chunk), per, -1)
+            out.append(F.normalize(emb.mean(1), dim=-1).cpu())
+        return torch.cat(out, 0)
+
+    def encode(self, names: Sequence[str]) -> torch.Tensor:
+        """(C, E) float32 on the CPU, one unit row per name, cached."""
+        with self._lock:
+            missing = list(dict.fromkeys(n for n in names if n not in self._memory))
+            if missing:
+                log.info("encoding %d new class name(s) with %d templates", len(missing),
+                         len(self._templates))
+                fresh = self.encode_fresh(missing)
+                self._memory.update({n: fresh[i] for i, n in enumerate(missing)})
+                self._save()
+            return torch.stack([self._memory[n] for n in names])
+
+    def _save(self) -> None:
+        if self._disk is None:
+            return
+        try:
+            self._disk.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._disk.with_suffix(".tmp")
+            torch.save(dict(self._memory), tmp)
+            tmp.replace(self._disk)
+        except OSError as e:
+            log.warning("cannot write text-embedding cache %s: %s", self._disk, e)
+
+
+def cluster_names(embeddings: torch.Tensor | np.ndarray, threshold: float) -> np.ndarray:
+    """Cluster id per name (0-based): Ward linkage on the cosine distances of
+    the rows, cut at ``threshold`` (scipy fcluster, criterion 'distance').
+    A single name is its own cluster."""
+    q = np.asarray(embeddings, dtype=np.float64)
+    if q.shape[0] == 1:
+        return np.zeros(1, dtype=np.int64)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    dist = 1.0 - q @ q.T
+    dist = np.clip((dist + dist.T) / 2.0, 0.0, None)
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), method="ward")
+    return fcluster(tree, t=threshold, criterion="distance").astype(np.int64) - 1

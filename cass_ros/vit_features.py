@@ -1,0 +1,157 @@
+"""The pieces of the two ViTs that CASS needs, at any input size.
+
+- position embeddings resized to the input's patch grid (cass-algorithm.md 2.4);
+- CLIP up to (not through) its last block, and its ordinary global vector;
+- the keys of DINO's last block, the only DINO output CASS uses (7b: no
+  attention maps, no final LayerNorm).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int], pretrained_grid: int
+                          ) -> torch.Tensor:
+    """Resize a (1 + n0*n0, D) position table to (1 + gh*gw, D).
+
+    Bicubic, align_corners=False, with ``scale_factor = (n + 0.1) / n0`` per
+    axis as the DINO codebase does (the 0.1 keeps floor() from losing a row);
+    passing the scale factor, not the size, also fixes the sampling positions.
+    The class token's embedding is kept; the pretrained grid is returned as is.
+    """
+    gh, gw = grid
+    n0 = pretrained_grid
+    if (gh, gw) == (n0, n0):
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    width = pos.shape[-1]
+    table = patch_pos.reshape(1, n0, n0, width).permute(0, 3, 1, 2).float()  # (1, D, n0, n0)
+    table = F.interpolate(table, scale_factor=((gh + 0.1) / n0, (gw + 0.1) / n0),
+                          mode="bicubic", align_corners=False)
+    if table.shape[-2:] != (gh, gw):
+        raise RuntimeError(f"position-embedding resize gave {tuple(table.shape[-2:])}, "
+                           f"expected {(gh, gw)}")
+    table = table.permute(0, 2, 3, 1).reshape(gh * gw, width).to(pos.dtype)
+    return torch.cat([cls_pos, table], 0)
+
+
+class _PosCache:
+    """Resized position tables per grid: computed once per input size."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple, torch.Tensor] = {}
+
+    def get(self, pos: torch.Tensor, grid: tuple[int, int], n0: int) -> torch.Tensor:
+        key = (grid, pos.device, pos.dtype, pos.data_ptr())
+        table = self._tables.get(key)
+        if table is None:
+            with torch.no_grad():
+                table = interpolate_pos_embed(pos.detach(), grid, n0)
+            self._tables[key] = table
+        return table
+
+
+class ClipVision:
+    """open_clip's visual tower, split where CASS replaces the last block."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        self.visual = clip.visual
+        v = self.visual
+        self.patch = v.conv1.kernel_size[0]
+        self.pretrained_grid = round((v.positional_embedding.shape[0] - 1) ** 0.5)
+        last = v.transformer.resblocks[-1]
+        self.num_heads = last.attn.num_heads
+        self.batch_first = getattr(v.transformer, "batch_first", True)
+        self._pos = _PosCache()
+
+    def _blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        for blk in blocks:
+            x = blk(x)
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def tokens_before_last(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, 3, H, W) normalised -> tokens x (B, 1 + N, width) entering
+        the last block, and the patch grid (H // 16, W // 16)."""
+        v = self.visual
+        feat = v.conv1(images.to(v.conv1.weight.dtype))  # (B, width, gh, gw)
+        grid = (feat.shape[-2], feat.shape[-1])
+        x = feat.flatten(2).transpose(1, 2)  # (B, N, width)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], 1)
+        x = x + self._pos.get(v.positional_embedding, grid, self.pretrained_grid).to(x.dtype)
+        x = v.ln_pre(x)
+        return self._blocks(x, v.transformer.resblocks[:-1]), grid
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ln_post and the projection to the joint space: (..., width) -> (..., E)."""
+        v = self.visual
+        return v.ln_post(tokens) @ v.proj
+
+    def global_vector(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block run normally, class token -> (B, E) (3.1)."""
+        out = self._blocks(x, self.visual.transformer.resblocks[-1:])
+        return self.project(out[:, 0])
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """A plain CLIP image embedding (all blocks unchanged): (B, E)."""
+        x, _ = self.tokens_before_last(images)
+        return self.global_vector(x)
+
+    def last_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of the last block's attention, class token dropped:
+        each (B, h, N, d)."""
+        last = self.visual.transformer.resblocks[-1]
+        y = last.ln_1(x)
+        qkv = F.linear(y, last.attn.in_proj_weight, last.attn.in_proj_bias)  # (B, 1+N, 3*width)
+        b, n1, _ = qkv.shape
+        qkv = qkv.reshape(b, n1, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, h, 1+N, d)
+        q, k, v = qkv[0, :, :, 1:], qkv[1, :, :, 1:], qkv[2, :, :, 1:]
+        return q, k, v
+
+    def reduced_output(self, heads_out: torch.Tensor) -> torch.Tensor:
+        """Per-head attention outputs (B, h, N, d) -> patch features P (B, N, E):
+        out-projection, no residual, no MLP, then ln_post and the projection."""
+        last = self.visual.transformer.resblocks[-1]
+        b, h, n, d = heads_out.shape
+        merged = heads_out.transpose(1, 2).reshape(b, n, h * d)
+        out = last.ls_1(last.attn.out_proj(merged.to(last.attn.out_proj.weight.dtype)))
+        return self.project(out)
+
+
+class DinoKeys:
+    """timm's DINO ViT run up to the keys of its last block."""
+
+    def __init__(self, dino: nn.Module) -> None:
+        self.model = dino
+        self.patch = dino.patch_embed.proj.kernel_size[0]
+        prefix = getattr(dino, "num_prefix_tokens", 1)
+        if prefix != 1 or getattr(dino, "no_embed_class", False):
+            raise ValueError("DINO model must have exactly one class token inside its "
+                             "position table (DINO ViT layout)")
+        self.pretrained_grid = round((dino.pos_embed.shape[1] - 1) ** 0.5)
+        self.num_heads = dino.blocks[-1].attn.num_heads
+        self._pos = _PosCache()
+
+    def last_keys(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, 3, S, S) ImageNet-normalised -> keys (B, h, n*n, d) of the
+        last block (bias included, class token dropped) and the grid (n, n)."""
+        m = self.model
+        feat = m.patch_embed.proj(images.to(m.patch_embed.proj.weight.dtype))  # (B, D, n, n)
+        grid = (feat.shape[-2], feat.shape[-1])
+        x = feat.flatten(2).transpose(1, 2)
+        x = m.patch_embed.norm(x)
+        x = torch.cat([m.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], 1)
+        x = x + self._pos.get(m.pos_embed[0], grid, self.pretrained_grid).to(x.dtype)
+        x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
+        for blk in m.blocks[:-1]:
+            x = blk(x)
+        last = m.blocks[-1]
+        qkv = last.attn.qkv(last.norm1(x))  # (B, 1+N, 3*D)
+        b, n1, _ = qkv.shape
+        k = qkv.reshape(b, n1, 3, self.num_heads, -1)[:, 1:, 1]  # (B, N, h, d)
+        return k.permute(0, 2, 1, 3), grid
