@@ -44,33 +44,50 @@ def resize_dino_keys(keys_dino: torch.Tensor, dino_grid: tuple[int, int],
     return maps.reshape(b, h, d, -1).transpose(-1, -2)
 
 
-def match_range(x: torch.Tensor, target: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Map ``x`` affinely so that its min and max over ``dims`` equal those of
-    ``target`` over the same dims (a constant ``x`` maps to target's min)."""
-    x_min, x_max = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
-    t_min, t_max = target.amin(dims, keepdim=True), target.amax(dims, keepdim=True)
-    span = (x_max - x_min)
-    unit = (x - x_min) / torch.where(span > 0, span, torch.ones_like(span))
-    return unit * (t_max - t_min) + t_min
+def match_range(x: torch.Tensor, target: torch.Tensor, start_dim: int) -> torch.Tensor:
+    """Map ``x`` affinely so that its min and max over the dims from
+    ``start_dim`` on equal those of ``target`` (a constant ``x`` maps to
+    target's min)."""
+    def minmax(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = torch.aminmax(t.flatten(start_dim), dim=-1)
+        shape = lo.shape + (1,) * (t.dim() - start_dim)
+        return lo.reshape(shape), hi.reshape(shape)
+
+    x_lo, x_hi = minmax(x)
+    t_lo, t_hi = minmax(target)
+    span = x_hi - x_lo
+    a = (t_hi - t_lo) / torch.where(span > 0, span, torch.ones_like(span))
+    return x * a + (t_lo - x_lo * a)
 
 
 # ------------------------------------------------------------ spectra (3.5)
 
-def top_eigenvalues(keys: torch.Tensor, scale: float, k: int) -> torch.Tensor:
-    """The ``k`` largest eigenvalues, descending, of each head's graph
-    ``scale * keys keys^T`` (N x N), from the d x d Gram matrix in float64.
-
-    keys (B, h, N, d) -> (B, h, min(k, N)). The graph's other eigenvalues
-    are exact zeros (rank <= d), padded in when k exceeds d.
-    """
-    n, d = keys.shape[-2], keys.shape[-1]
+def gram_eigh(keys: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of each head's d x d Gram matrix ``scale * keys^T keys`` in
+    float64, descending: values (B, h, d), vectors (B, h, d, d) as columns.
+    Its eigenvalues are the non-zero ones of the N x N graph ``scale * keys keys^T``."""
     k64 = keys.double()
-    gram = (k64.transpose(-1, -2) @ k64) * scale  # (B, h, d, d)
-    evals = torch.linalg.eigvalsh(gram).flip(-1)   # descending
+    evals, evecs = torch.linalg.eigh((k64.transpose(-1, -2) @ k64) * scale)
+    return evals.flip(-1), evecs.flip(-1)
+
+
+def top_of_spectrum(evals: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The ``k`` largest eigenvalues of an N x N graph of rank <= d, given the
+    d Gram eigenvalues (descending): (B, h, min(k, N)), zero-padded past d."""
+    d = evals.shape[-1]
     length = min(k, n)
     if length > d:
         evals = F.pad(evals, (0, length - d))
     return evals[..., :length]
+
+
+def top_eigenvalues(keys: torch.Tensor, scale: float, k: int) -> torch.Tensor:
+    """The ``k`` largest eigenvalues, descending, of each head's graph
+    ``scale * keys keys^T`` (N x N), from the d x d Gram matrix in float64.
+    keys (B, h, N, d) -> (B, h, min(k, N))."""
+    k64 = keys.double()
+    evals = torch.linalg.eigvalsh((k64.transpose(-1, -2) @ k64) * scale).flip(-1)
+    return top_of_spectrum(evals, keys.shape[-2], k)
 
 
 def spectral_cost(eig_dino: torch.Tensor, eig_clip: torch.Tensor) -> torch.Tensor:
@@ -128,28 +145,31 @@ def match_heads(cost: np.ndarray, tol: float = TIE_TOLERANCE) -> np.ndarray:
 # ------------------------------------------------------------ low-rank DINO graph (3.6)
 
 def low_rank_graph(keys: torch.Tensor, scale: float, rank: int, rescale: bool,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                   dtype: torch.dtype = torch.float32,
+                   eig: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Exact rank-``rank`` part of ``scale * keys keys^T`` (PSD), optionally
     with its eigenvalues rescaled from [min, max] to [0.5 min, 1.5 max].
 
     keys (B, h, N, d) -> (B, h, N, N) in ``dtype``. The top eigenpairs come
-    from the d x d Gram matrix in float64; eigenvectors ``U = keys V / sigma``.
+    from the d x d Gram matrix in float64 (``eig``: its ``gram_eigh``, if
+    already computed); eigenvectors of the graph are ``keys V / sigma``.
     """
     n, d = keys.shape[-2], keys.shape[-1]
-    k64 = keys.double()
-    evals, evecs = torch.linalg.eigh(k64.transpose(-1, -2) @ k64)  # ascending, (B,h,d), (B,h,d,d)
+    evals, evecs = eig if eig is not None else gram_eigh(keys, scale)
     r = min(rank, n, d)
-    sigma2 = evals[..., -r:].flip(-1).clamp_min(0)        # (B, h, r) descending
-    vecs = evecs[..., -r:].flip(-1)                         # (B, h, d, r)
-    sigma = sigma2.sqrt()
+    sv = evals[..., :r].clamp_min(0)                        # (B, h, r) = scale * sigma^2
+    sigma = (sv / scale).sqrt()
     # Directions of (numerically) zero singular values carry no weight; zero
     # them instead of dividing by ~0.
     tiny = sigma <= sigma[..., :1] * 1e-12
-    u = (k64 @ vecs) / torch.where(tiny, torch.ones_like(sigma), sigma)[..., None, :]
+    u = (keys.double() @ evecs[..., :r]) / torch.where(tiny, torch.ones_like(sigma), sigma)[..., None, :]
     u = u.masked_fill(tiny[..., None, :], 0.0)              # (B, h, N, r)
-    sv = sigma2 * scale
     if rescale:
-        sv = rescale_eigenvalues(sv)
+        # The rank-``rank`` decomposition keeps min(rank, n) values; beyond
+        # the graph's rank d they are exact zeros, which set the minimum of
+        # the rescaling (3.6). Their directions keep weight 0.5 * 0 = 0.
+        extra = min(rank, n) - r
+        sv = rescale_eigenvalues(F.pad(sv, (0, extra)))[..., :r] if extra > 0 else rescale_eigenvalues(sv)
     u = u.to(dtype)
     return (u * sv.to(dtype)[..., None, :]) @ u.transpose(-1, -2)
 
@@ -187,42 +207,62 @@ class FusionInfo:
     cost: np.ndarray     # (B, h, h) float64, rows DINO heads, columns CLIP heads
 
 
+def _minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max over the last two dims in one pass: each (B, h, 1, 1)."""
+    lo, hi = torch.aminmax(x.flatten(-2), dim=-1)
+    return lo[..., None, None], hi[..., None, None]
+
+
 def fused_graphs(k: torch.Tensor, kd: torch.Tensor, params: SpectralParams,
-                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, FusionInfo]:
-    """Fused key graphs F (B, h, N, N) before the spatial prior (3.4 to 3.7).
+                 dtype: torch.dtype = torch.float32, prior: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, FusionInfo]:
+    """Fused key graphs F (B, h, N, N) (3.4 to 3.7), plus ``prior`` if given.
 
     k: CLIP keys (B, h, N, d); kd: DINO keys on CLIP's grid, range-mapped to
-    k (B, h, N, d).
+    k (B, h, N, d). ``sequential`` is the same formula with w * lambda = 1
+    (equal weights), identity matching and no eigenvalue rescaling.
     """
-    b, h, _, d = k.shape
+    b, h, n, d = k.shape
     scale = d ** -0.5
-    kw = k.to(dtype)
-    graph_clip = (kw @ kw.transpose(-1, -2)) * scale  # A (B, h, N, N)
+    eig_dino = gram_eigh(kd, scale)
     if params.attention == "spectral":
-        cost = spectral_cost(top_eigenvalues(kd, scale, params.k_eigen),
+        cost = spectral_cost(top_of_spectrum(eig_dino[0], n, params.k_eigen),
                              top_eigenvalues(k, scale, params.k_eigen))  # (B, h, h)
         cost_np = cost.cpu().numpy()
         col = np.stack([match_heads(c) for c in cost_np])  # (B, h)
         weight = 1.0 - np.take_along_axis(cost_np, col[:, :, None], 2)[..., 0]  # (B, h)
+        wl_np = weight * params.fusion_weight
         rescale = params.eigenvalue_scaling
     elif params.attention == "sequential":
         cost_np = np.zeros((b, h, h))
         col = np.tile(np.arange(h), (b, 1))
         weight = np.ones((b, h))
+        wl_np = weight
         rescale = False
     else:
         raise ValueError(f"fused_graphs does not handle attention {params.attention!r}")
+    # DINO graph col[t] for output head t: pick its Gram eigenpairs, no recompute.
     index = torch.as_tensor(col, device=kd.device)
-    kd_sel = torch.take_along_dim(kd, index[:, :, None, None], 1)  # DINO head col[t] per t
-    low = low_rank_graph(kd_sel, scale, params.low_rank, rescale, dtype)  # (B, h, N, N)
+    kd_sel = torch.take_along_dim(kd, index[:, :, None, None], 1)
+    eig_sel = (torch.take_along_dim(eig_dino[0], index[:, :, None], 1),
+               torch.take_along_dim(eig_dino[1], index[:, :, None, None], 1))
+    low = low_rank_graph(kd_sel, scale, params.low_rank, rescale, dtype, eig_sel)  # D (B, h, N, N)
     low.diagonal(dim1=-2, dim2=-1).zero_()
-    low = match_range(low, graph_clip, (-2, -1))
-    if params.attention == "spectral":
-        wl = torch.as_tensor(weight * params.fusion_weight, dtype=dtype, device=k.device)
-        wl = wl[:, :, None, None]
-        fused = (wl * low + graph_clip) / (wl + 1.0)
-    else:
-        fused = (low + graph_clip) / 2.0
+
+    # F = (wl * D' + A) / (wl + 1) with D' = a D + c the range map of D onto
+    # A's [min, max]: folded into one scaled A and one affine pass over D.
+    wl = torch.as_tensor(wl_np, dtype=dtype, device=k.device)[:, :, None, None]
+    gamma = 1.0 / (wl + 1.0)
+    kw = k.to(dtype)
+    fused = (kw * (scale * gamma)) @ kw.transpose(-1, -2)   # gamma * A
+    a_lo, a_hi = _minmax(fused)                             # gamma * (min A, max A)
+    d_lo, d_hi = _minmax(low)
+    span = d_hi - d_lo
+    a = (a_hi - a_lo) / torch.where(span > 0, span, torch.ones_like(span))  # already times gamma
+    low.mul_(wl * a).add_(wl * (a_lo - d_lo * a))
+    fused.add_(low)
+    if prior is not None:
+        fused.add_(prior.to(dtype))
     return fused, FusionInfo(col=col, weight=weight, cost=cost_np)
 
 
@@ -243,9 +283,8 @@ def cass_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if kd is None:
         raise ValueError(f"attention {params.attention!r} needs DINO keys")
     # One affine map over the whole crop (all heads) onto CLIP's key range.
-    kd = match_range(kd.to(dtype), k.to(dtype), (1, 2, 3))
-    fused, info = fused_graphs(k, kd, params, dtype)
+    kd = match_range(kd.to(dtype), k.to(dtype), 1)
     if prior is None:
         prior = gaussian_prior(grid, params.gaussian_std, dtype, k.device)
-    attn = torch.softmax(fused + prior.to(dtype), -1)
-    return attn @ v.to(dtype), info
+    fused, info = fused_graphs(k, kd, params, dtype, prior)
+    return torch.softmax(fused, -1) @ v.to(dtype), info
