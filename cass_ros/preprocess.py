@@ -34,13 +34,19 @@ def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W): x / 255, then (x - mean) / std."""
-    # torch wants a writable array; PIL / OpenCV views may be read-only.
-    array = image if image.flags.writeable and image.flags.c_contiguous else np.array(image)
-    x = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+def normalize(image: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+              ) -> torch.Tensor:
+    """8-bit image -> float32 (3, H, W): x / 255, then (x - mean) / std.
+
+    ``image``: a numpy (H, W, 3) array, or a torch (3, H, W) uint8 tensor on
+    any device (normalised where it is)."""
+    if isinstance(image, np.ndarray):
+        # torch wants a writable array; PIL / OpenCV views may be read-only.
+        array = image if image.flags.writeable and image.flags.c_contiguous else np.array(image)
+        image = torch.from_numpy(array).permute(2, 0, 1)
+    x = image.float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32, device=x.device)[:, None, None]
     return (x - m) / s
 
 

@@ -116,20 +116,22 @@ def build_prompt_set(
     """A PromptSet from parsed classes.
 
     ``first_is_background``: the first class holds the background names (a
-    paper class file whose first line is the background line). Names given
-    in ``background`` are removed from the classes and joined to label 0.
+    paper class file whose first line is the background line); its names are
+    kept exactly, even where a class line repeats one (COCO-Object's ``bed``),
+    as the reference keeps them. Names in ``background`` join label 0 unless a
+    class names them: what the user prompts wins over the background list.
     """
     classes = [tuple(c) for c in classes]
-    bg = list(dict.fromkeys(_clean(n) for n in background if _clean(n)))
+    bg: list[str] = []
     if first_is_background and classes:
-        bg = list(dict.fromkeys(list(classes[0]) + bg))
+        bg = list(dict.fromkeys(classes[0]))
         classes = classes[1:]
-    bg_set = set(bg)
-    kept = [tuple(n for n in c if n not in bg_set) for c in classes]
-    kept = [c for c in kept if c]
-    if not kept:
-        raise PromptError("no class is left once the background names are taken out")
-    return PromptSet(classes=tuple(kept), background=tuple(bg))
+    if not classes:
+        raise PromptError("no class is left once the background line is taken out")
+    prompted = {n for c in classes for n in c}
+    extra = (_clean(n) for n in background)
+    bg += [n for n in dict.fromkeys(extra) if n and n not in prompted and n not in bg]
+    return PromptSet(classes=tuple(classes), background=tuple(bg))
 
 
 def prompt_set_from_settings(

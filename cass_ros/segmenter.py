@@ -22,7 +22,16 @@ import torch.nn.functional as F
 
 from .config import CassConfig, ConfigError
 from .models import CassModels, load_models
-from .preprocess import CLIP_MEAN, CLIP_STD, dino_input, normalize, resize_short_side, slide_windows
+from .preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    dino_input,
+    normalize,
+    resize_short_side,
+    slide_windows,
+)
 from .presence import adjust_text, class_presence, patch_logits, per_class_max, presence_similarity
 from .prompts import PromptSet
 from .result import SegmentationResult, label_statistics
@@ -201,7 +210,10 @@ class Segmenter:
         for n, crop in enumerate(crops):
             y0, y1, x0, x1 = crop.box
             groups[(y1 - y0, x1 - x0)].append(n)
-        clip_full = [normalize(img, CLIP_MEAN, CLIP_STD) for img in resized]  # (3, H, W) each
+        # Upload the 8-bit images once; normalise on the device.
+        pixels = [torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)
+                  for img in resized]  # (3, H, W) uint8 each
+        clip_full = [normalize(x, CLIP_MEAN, CLIP_STD) for x in pixels]
         times["preprocess"] += time.perf_counter() - t_start
 
         # 4.1: in sliding-window mode the presence prior uses the whole image.
@@ -209,32 +221,35 @@ class Segmenter:
         if cfg.slide_crop and not cfg.crop_global_vector:
             image_g = self._whole_image_vectors(clip_full, times)  # (I, E)
 
-        num_labels = prompts.num_labels
-        canvases = [torch.zeros(len(prompts.names), *img.shape[:2], device=self.device)
-                    for img in resized]
-        counts = [torch.zeros(img.shape[:2], device=self.device) for img in resized]
+        # All resized images share one flat canvas; each crop's pixels are
+        # summed in with one index_add (5.2), then divided by the coverage.
+        sizes = [img.shape[0] * img.shape[1] for img in resized]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        canvas = torch.zeros(len(prompts.names), int(offsets[-1]), device=self.device)  # (C, sum HW)
+        coverage = torch.zeros(int(offsets[-1]), device=self.device)
         image_r: list[torch.Tensor | None] = [None] * len(images)
         for (ch, cw), members in groups.items():
-            logits, r = self._forward_crops([crops[n] for n in members], resized, clip_full,
-                                            image_g, prompts, times)
+            group = [crops[n] for n in members]
+            logits, r = self._forward_crops(group, pixels, resized, clip_full, image_g, prompts, times)
             t0 = time.perf_counter()
             logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)
-            for j, n in enumerate(members):
-                crop = crops[n]
-                y0, y1, x0, x1 = crop.box
-                canvases[crop.image][:, y0:y1, x0:x1] += logits[j]
-                counts[crop.image][y0:y1, x0:x1] += 1
-                # Reported presence: the image's own prior (per crop with the
-                # Cityscapes rule, then the max over its crops).
+            index = self._crop_index(group, resized, offsets, (ch, cw))  # (B * ch * cw,)
+            canvas.index_add_(1, index, logits.permute(1, 0, 2, 3).reshape(logits.shape[1], -1))
+            coverage.index_add_(0, index, torch.ones_like(index, dtype=coverage.dtype))
+            # Reported presence: the image's own prior (per crop with the
+            # Cityscapes rule, then the max over its crops).
+            for j, crop in enumerate(group):
                 prev = image_r[crop.image]
                 image_r[crop.image] = r[j] if prev is None else torch.maximum(prev, r[j])
             self._sync()
             times["postprocess"] += time.perf_counter() - t0
+        canvas /= coverage
 
         t0 = time.perf_counter()
         results = []
         for i, image in enumerate(images):
-            logits = canvases[i] / counts[i]  # (C, Hr, Wr)
+            hr, wr = resized[i].shape[:2]
+            logits = canvas[:, offsets[i]:offsets[i + 1]].reshape(-1, hr, wr)  # (C, Hr, Wr)
             size = image.shape[:2] if output_size == "input" else resized[i].shape[:2]
             if tuple(size) != tuple(logits.shape[-2:]):
                 logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear",
@@ -247,8 +262,18 @@ class Segmenter:
         timings["total"] = round(total * 1000.0, 3)
         for res in results:
             res.timings_ms = dict(timings)
-        del num_labels
         return results
+
+    def _crop_index(self, group: list[_Crop], resized: list[np.ndarray], offsets: np.ndarray,
+                    size: tuple[int, int]) -> torch.Tensor:
+        """Flat canvas positions of every pixel of every crop: (B * ch * cw,)."""
+        ch, cw = size
+        ys, xs = np.meshgrid(np.arange(ch), np.arange(cw), indexing="ij")
+        starts = np.array([(c.box[0], c.box[2], resized[c.image].shape[1], offsets[c.image])
+                           for c in group])  # (B, 4): y0, x0, image width, offset
+        flat = (starts[:, 3, None, None] + (starts[:, 0, None, None] + ys) * starts[:, 2, None, None]
+                + starts[:, 1, None, None] + xs)
+        return torch.from_numpy(flat.reshape(-1)).to(self.device)
 
     def _whole_image_vectors(self, clip_full: list[torch.Tensor], times: dict[str, float]
                              ) -> torch.Tensor:
@@ -259,7 +284,7 @@ class Segmenter:
         for i, x in enumerate(clip_full):
             by_size[tuple(x.shape[-2:])].append(i)
         for members in by_size.values():
-            batch = torch.stack([clip_full[i] for i in members]).to(self.device)
+            batch = torch.stack([clip_full[i] for i in members])
             with self._autocast():
                 g = self.clip.encode_image(batch).float()
             for j, i in enumerate(members):
@@ -268,7 +293,7 @@ class Segmenter:
         times["clip"] += time.perf_counter() - t0
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def _forward_crops(self, crops: list[_Crop], resized: list[np.ndarray],
+    def _forward_crops(self, crops: list[_Crop], pixels: list[torch.Tensor], resized: list[np.ndarray],
                        clip_full: list[torch.Tensor], image_g: torch.Tensor | None,
                        prompts: PreparedPrompts, times: dict[str, float]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,12 +301,10 @@ class Segmenter:
         cfg = self.config
         t0 = time.perf_counter()
         clip_in = torch.stack([clip_full[c.image][:, c.box[0]:c.box[1], c.box[2]:c.box[3]]
-                               for c in crops]).to(self.device)
+                               for c in crops])  # (B, 3, ch, cw)
         need_dino = cfg.attention != "vanilla"
         if need_dino:
-            dino_in = torch.stack([
-                dino_input(resized[c.image][c.box[0]:c.box[1], c.box[2]:c.box[3]], self.dino.patch)
-                for c in crops]).to(self.device)
+            dino_in = torch.stack([self._dino_crop(c, pixels, resized) for c in crops])
         times["preprocess"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -319,6 +342,17 @@ class Segmenter:
         self._sync()
         times["head"] += time.perf_counter() - t0
         return logits, r
+
+    def _dino_crop(self, crop: _Crop, pixels: list[torch.Tensor], resized: list[np.ndarray]
+                   ) -> torch.Tensor:
+        """DINO's input for one crop (2.3): a square crop is normalised on the
+        device as it is; any other goes through Pillow's bicubic resize."""
+        y0, y1, x0, x1 = crop.box
+        if y1 - y0 == x1 - x0:
+            x = normalize(pixels[crop.image][:, y0:y1, x0:x1], IMAGENET_MEAN, IMAGENET_STD)
+            s = (x.shape[-1] // self.dino.patch) * self.dino.patch
+            return x[:, :s, :s]
+        return dino_input(resized[crop.image][y0:y1, x0:x1], self.dino.patch).to(self.device)
 
     def _labels(self, logits: torch.Tensor, r: torch.Tensor, prompts: PreparedPrompts,
                 return_probs: bool) -> SegmentationResult:
