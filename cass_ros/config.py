@@ -76,6 +76,10 @@ class CassConfig:
         _check(self.slide_crop == 0 or self.slide_crop >= 16, "slide_crop",
                "must be 0 (whole image) or >= 16")
         _check(self.slide_stride >= 1, "slide_stride", "must be >= 1")
+        # mmseg's grid leaves pixels uncovered when the stride exceeds the
+        # crop; the averaging of 5.2 needs every pixel covered.
+        _check(self.slide_crop == 0 or self.slide_stride <= self.slide_crop, "slide_stride",
+               "must be <= slide_crop (crops must cover every pixel)")
         _check(self.logit_scale > 0, "logit_scale", "must be > 0")
         _check(0.0 <= self.prob_threshold <= 1.0, "prob_threshold", "must be in [0, 1]")
         _check(0.0 <= self.global_semantics_weight <= 1.0, "global_semantics_weight",

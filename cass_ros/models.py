@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,12 @@ def _clip_state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     file or an OpenAI TorchScript archive."""
     if _is_torchscript(path):
         # OpenAI's released files are TorchScript archives.
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # jit.load's deprecation notice
+            state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        # A scripted open_clip model carries its causal mask as a buffer; OpenAI's files don't.
+        state.pop("attn_mask", None)
+        return state
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     return _unwrap_state_dict(obj)
 

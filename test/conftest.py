@@ -1,0 +1,41 @@
+"""Shared pytest set-up. Bag fixtures live in test/bag_harness.py, node
+fixtures in test/node_harness.py."""
+
+import pytest
+
+pytest_plugins = ["bag_harness", "node_harness"]
+
+
+# ---------------------------------------------------------------- tiny models (library tests)
+
+
+@pytest.fixture(scope="session")
+def tiny_state_dicts():
+    """(clip, dino) state dicts of the tiny random models, seed 0 (OpenAI and
+    DINO key names). Shared: copy before changing them."""
+    from cass_ros.models import tiny_random_state_dicts
+
+    return tiny_random_state_dicts(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_state_dicts):
+    """In-memory CassModels of the tiny random CLIP and DINO (seed 0), built
+    the way the checkpoint loader builds them. Not to be modified."""
+    import open_clip
+
+    from cass_ros.models import CassModels, clip_from_state_dict, dino_from_state_dict
+
+    clip_sd, dino_sd = tiny_state_dicts
+    clip = clip_from_state_dict(dict(clip_sd))
+    dino = dino_from_state_dict(dict(dino_sd), "vit_base_patch8_224.dino")
+    return CassModels(clip=clip, dino=dino,
+                      tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=77),
+                      clip_id="tiny-random-seed0", description="tiny random CLIP + DINO (tests)")
+
+
+@pytest.fixture(scope="session")
+def text_cache_dir(tmp_path_factory) -> str:
+    """A weights_cache_dir shared by the library tests, so that each class
+    name is encoded (80 templates) once per session."""
+    return str(tmp_path_factory.mktemp("cass_cache"))
