@@ -1,0 +1,112 @@
+"""launch/cass.launch.py.
+
+With launch_pytest (ROS 2 installs) the launch file is started for real and
+its outputs checked. Here launch, launch_ros and launch_pytest have no
+wheels: those tests skip, and test_node_process.py starts the installed
+cass_node with the parameters the launch file would set
+(cass_ros.ros_launch_args), the same start-up path.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from cass_ros.ros_launch_args import LAUNCH_ARGUMENTS
+
+LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "cass.launch.py"
+REQUIRED = {"params_file", "image_topics", "prompts", "device", "namespace", "use_sim_time"}
+
+
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# PyPI's `launch` is an unrelated program: require the ROS one (launch.actions).
+HAVE_LAUNCH = _have("launch_pytest") and _have("launch_ros") and _have("launch.actions")
+SKIP_REASON = ("launch, launch_ros and launch_pytest are not installed (no PyPI wheels); "
+               "test/test_node_process.py covers the same start-up path")
+
+
+def test_launch_file_structure() -> None:
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in funcs
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                for a in n.names}
+    for item in (("launch", "LaunchDescription"), ("launch.actions", "DeclareLaunchArgument"),
+                 ("launch.actions", "OpaqueFunction"), ("launch_ros.actions", "Node"),
+                 ("launch.substitutions", "LaunchConfiguration"),
+                 ("cass_ros.ros_launch_args", "node_overrides")):
+        assert item in imported, item
+    assert set(LAUNCH_ARGUMENTS) >= REQUIRED
+    text = LAUNCH_FILE.read_text()
+    assert 'executable="cass_node"' in text and 'package="cass_ros"' in text
+
+
+if HAVE_LAUNCH:
+    import launch
+    import launch_pytest
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    @launch_pytest.fixture
+    def launch_description(tmp_path_factory):
+        from cass_ros.models import save_tiny_random_checkpoints
+
+        clip, dino = save_tiny_random_checkpoints(tmp_path_factory.mktemp("w"))
+        params = tmp_path_factory.mktemp("p") / "params.yaml"
+        params.write_text(
+            "/**:\n  ros__parameters:\n"
+            f"    clip_weights: {clip}\n    dino_weights: {dino}\n    short_side: 64\n"
+            "    background_classes: [sky]\n")
+        include = IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+            launch_arguments={"params_file": str(params), "image_topics": "/lt/cam/image_raw",
+                              "prompts": "person|pedestrian, car", "device": "cpu",
+                              "namespace": "lt"}.items())
+        return launch.LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
+
+    @pytest.mark.launch(fixture=launch_description)
+    def test_launched_node_answers(launch_context):
+        import time
+
+        import numpy as np
+        import rclpy
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Header
+
+        from cass_ros.msg import ClassTable, ObjectPresenceArray
+        from cass_ros.ros_messages import image_from_rgb
+
+        rclpy.init()
+        node = rclpy.create_node("launch_test")
+        try:
+            tables, objects = [], []
+            node.create_subscription(ClassTable, "/lt/cass/classes", tables.append, QoSProfile(
+                depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL))
+            node.create_subscription(ObjectPresenceArray, "/lt/cass/cam/objects",
+                                     objects.append, 10)
+            pub = node.create_publisher(Image, "/lt/cam/image_raw", 10)
+            end = time.monotonic() + 120
+            while time.monotonic() < end and not objects:
+                header = Header(frame_id="cam")
+                pub.publish(image_from_rgb(np.zeros((48, 64, 3), np.uint8), "rgb8", header))
+                rclpy.spin_once(node, timeout_sec=0.5)
+            assert tables and list(tables[-1].class_names) == ["background", "person", "car"]
+            assert objects and objects[-1].header.frame_id == "cam"
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
+else:
+    @pytest.mark.skip(reason=SKIP_REASON)
+    def test_launched_node_answers() -> None:
+        """Runs where launch_pytest exists."""
