@@ -49,9 +49,9 @@ def match_range(x: torch.Tensor, target: torch.Tensor, start_dim: int) -> torch.
     ``start_dim`` on equal those of ``target`` (a constant ``x`` maps to
     target's min)."""
     def minmax(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = torch.aminmax(t.flatten(start_dim), dim=-1)
-        shape = lo.shape + (1,) * (t.dim() - start_dim)
-        return lo.reshape(shape), hi.reshape(shape)
+        flat = t.flatten(start_dim)
+        shape = flat.shape[:-1] + (1,) * (t.dim() - start_dim)
+        return flat.amin(-1).reshape(shape), flat.amax(-1).reshape(shape)
 
     x_lo, x_hi = minmax(x)
     t_lo, t_hi = minmax(target)
@@ -208,9 +208,9 @@ class FusionInfo:
 
 
 def _minmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max over the last two dims in one pass: each (B, h, 1, 1)."""
-    lo, hi = torch.aminmax(x.flatten(-2), dim=-1)
-    return lo[..., None, None], hi[..., None, None]
+    """Min and max over the last two dims: each (B, h, 1, 1). (Two vectorised
+    reductions beat torch.aminmax several times over on the CPU.)"""
+    return x.amin((-2, -1), keepdim=True), x.amax((-2, -1), keepdim=True)
 
 
 def fused_graphs(k: torch.Tensor, kd: torch.Tensor, params: SpectralParams,
