@@ -179,26 +179,26 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("slide_crop", _C.slide_crop, "Sliding-window crop size in pixels; 0 = whole image "
               "in one pass", "int", 0, 8192),
     ParamSpec("slide_stride", _C.slide_stride, "Sliding-window stride in pixels", "int", 1, 8192),
-    ParamSpec("logit_scale", _C.logit_scale, "Temperature of the patch-text softmax", "float",
+    ParamSpec("logit_scale", _C.logit_scale, "Scale of the logits before the softmax over class names", "float",
               0.0, 1000.0),
     ParamSpec("prob_threshold", _C.prob_threshold, "Pixels whose best class probability is "
               "below this become background (0)", "float", 0.0, 1.0),
-    ParamSpec("global_semantics_weight", _C.global_semantics_weight, "Weight of the global "
-              "(class token) semantics in the object presence prior", "float", 0.0, 1.0),
-    ParamSpec("mean_vector_weight", _C.mean_vector_weight, "Weight of the object-specific mean "
-              "vector in the adjusted text embedding", "float", 0.0, 1.0),
-    ParamSpec("cluster_threshold", _C.cluster_threshold, "Similarity threshold of the "
-              "hierarchical clustering of text embeddings", "float", 0.0, 10.0),
-    ParamSpec("gaussian_std", _C.gaussian_std, "Std of the Gaussian that weights low-rank "
-              "spectral components", "float", 0.0, 1000.0),
-    ParamSpec("k_eigen", _C.k_eigen, "Number of eigenvalues kept in the spectral graph "
-              "matching", "int", 1, 4096),
-    ParamSpec("low_rank", _C.low_rank, "Rank of the low-rank attention approximation", "int",
+    ParamSpec("global_semantics_weight", _C.global_semantics_weight, "Blend (beta) of the image-level "
+              "similarity (object presence prior) into every patch's logits", "float", 0.0, 1.0),
+    ParamSpec("mean_vector_weight", _C.mean_vector_weight, "How far (alpha) a text embedding is "
+              "pulled toward its two most similar patches", "float", 0.0, 1.0),
+    ParamSpec("cluster_threshold", _C.cluster_threshold, "Cosine-distance threshold cutting the "
+              "Ward dendrogram of the class-name embeddings", "float", 0.0, 10.0),
+    ParamSpec("gaussian_std", _C.gaussian_std, "Std (in patches) of the Gaussian spatial "
+              "prior added to the fused attention", "float", 0.0, 1000.0),
+    ParamSpec("k_eigen", _C.k_eigen, "Eigenvalues per head compared in the spectral "
+              "head matching", "int", 1, 4096),
+    ParamSpec("low_rank", _C.low_rank, "Rank kept of each DINO key graph", "int",
               1, 4096),
-    ParamSpec("fusion_weight", _C.fusion_weight, "Weight of the fused DINO attention", "float",
+    ParamSpec("fusion_weight", _C.fusion_weight, "Weight (lambda) of the DINO graph in the fusion", "float",
               0.0, 1000.0),
-    ParamSpec("eigenvalue_scaling", _C.eigenvalue_scaling, "Scale the spectral components by "
-              "their eigenvalues", "bool"),
+    ParamSpec("eigenvalue_scaling", _C.eigenvalue_scaling, "Rescale the kept DINO eigenvalues from "
+              "[min, max] to [0.5 min, 1.5 max]", "bool"),
     ParamSpec("attention", _C.attention, "Attention fusion strategy", "str",
               choices=("spectral", "sequential", "vanilla")),
     # -- prompts (changeable at run time)
