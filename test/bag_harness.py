@@ -3,7 +3,6 @@
 
 - ``sample_bag`` / ``sample_bag_sqlite``: the sample bag of
   scripts/make_sample_bag.py, generated once per session (mcap / sqlite3).
-- ``tiny_weights``: tiny random CLIP + DINO checkpoints (fast, real models).
 - ``bag_params_file``: a ROS parameters file for the node and the bag tool
   with those weights, shared by both so their outputs can be compared.
 - ``cass_node_player``: starts cass_node as a subprocess, plays a bag into it
@@ -55,15 +54,6 @@ def sample_bag_sqlite(tmp_path_factory: pytest.TempPathFactory, sample_bag_modul
     """The same sample bag in sqlite3."""
     out = tmp_path_factory.mktemp("bags") / "sample_sqlite3"
     return sample_bag_module.write_sample_bag(out, storage="sqlite3")
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(clip_path, dino_path) of tiny random models, seed 0."""
-    models = pytest.importorskip("cass_ros.models")
-    if not hasattr(models, "save_tiny_random_checkpoints"):
-        pytest.skip("cass_ros.models has no save_tiny_random_checkpoints")
-    return models.save_tiny_random_checkpoints(tmp_path_factory.mktemp("weights"), seed=0)
 
 
 # Settings shared by the node and the bag tool in the tests: the sample

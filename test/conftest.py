@@ -39,3 +39,12 @@ def text_cache_dir(tmp_path_factory) -> str:
     """A weights_cache_dir shared by the library tests, so that each class
     name is encoded (80 templates) once per session."""
     return str(tmp_path_factory.mktemp("cass_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> tuple[str, str]:
+    """(clip_path, dino_path): tiny random checkpoints, seed 0, whose
+    architecture the loader infers. Used by the CLI, node and bag tests."""
+    from cass_ros.models import save_tiny_random_checkpoints
+
+    return save_tiny_random_checkpoints(tmp_path_factory.mktemp("weights"), seed=0)

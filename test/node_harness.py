@@ -55,14 +55,6 @@ def ros_available() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def node_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Tiny random CLIP and DINO checkpoints (the loader infers the size)."""
-    from cass_ros.models import save_tiny_random_checkpoints
-
-    return save_tiny_random_checkpoints(tmp_path_factory.mktemp("node_weights"), seed=0)
-
-
 class Harness:
     """A test node in its own rclpy context, spinning in a thread; records
     every message of the topics it subscribes to."""

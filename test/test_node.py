@@ -36,7 +36,7 @@ def _frame(h: int = H, w: int = W) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def live(ros_domain: int, node_weights: tuple[str, str]) -> Any:
+def live(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
@@ -46,7 +46,7 @@ def live(ros_domain: int, node_weights: tuple[str, str]) -> Any:
 
     ns = unique_namespace("cass_live")
     h = Harness(ros_domain, ns)
-    clip, dino = node_weights
+    clip, dino = tiny_weights
     args = ["--ros-args", "--params-file", str(CONFIG),
             "-p", f"clip_weights:={clip}", "-p", f"dino_weights:={dino}",
             "-p", "device:=cpu", "-p", "short_side:=64",

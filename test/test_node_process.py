@@ -40,14 +40,14 @@ def _compressed(rgb: np.ndarray, stamp: int, fmt: str = "jpeg") -> Any:
     return msg
 
 
-def test_compressed_input_flood_and_flat_memory(ros_domain: int, node_weights: tuple[str, str],
+def test_compressed_input_flood_and_flat_memory(ros_domain: int, tiny_weights: tuple[str, str],
                                                 tmp_path: Path) -> None:
     from sensor_msgs.msg import CompressedImage, Image
 
     from cass_ros.msg import ClassTable, ObjectPresenceArray
 
     ns = unique_namespace("cass_proc")
-    clip, dino = node_weights
+    clip, dino = tiny_weights
     overrides = node_overrides(image_topics="cam/image_raw", prompts="person|pedestrian, car",
                                device="cpu")
     args = ros_args(overrides) + ros_args({
@@ -131,10 +131,10 @@ FAIL_CASES = [
 
 
 @pytest.mark.parametrize("what,params,name", FAIL_CASES, ids=[c[0] for c in FAIL_CASES])
-def test_startup_failure_is_one_clear_line(ros_domain: int, node_weights: tuple[str, str],
+def test_startup_failure_is_one_clear_line(ros_domain: int, tiny_weights: tuple[str, str],
                                            tmp_path: Path, what: str, params: dict[str, Any],
                                            name: str) -> None:
-    clip, dino = node_weights
+    clip, dino = tiny_weights
     base = {"clip_weights": clip, "dino_weights": dino, "device": "cpu", "short_side": 64}
     base.update(params)
     log = tmp_path / "node.log"
