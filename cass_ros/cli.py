@@ -37,7 +37,7 @@ RUNTIME_DEFAULTS: dict[str, Any] = {"min_pixels": 1, "color_alpha": 0.5}
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="cass_segment", description="CASS open-vocabulary segmentation of image files.")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML settings: flat mapping or a ROS params file (config/cass.yaml)")
     p.add_argument("--preset", help="one of the paper's datasets: voc21, voc20, context60, context59, "
@@ -47,10 +47,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--save-probs", action="store_true",
                    help="also write <stem>_probs.npy: float32 classes x H x W")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter (repeatable)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override parameters (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # `--set a=1 image.png` lets --set swallow the image: give back the items
+    # that are not KEY=VALUE.
+    args.inputs += [item for item in args.set if "=" not in item]
+    args.set = [item for item in args.set if "=" in item]
+    if not args.inputs:
+        p.error("the following arguments are required: IMAGE_OR_DIR")
+    return args
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -67,10 +74,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     if args.preset:
         explicit["preset"] = args.preset
     for item in args.set:
-        key, sep, value = item.partition("=")
+        key, _, value = item.partition("=")
         key = key.strip()
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         if key in RUNTIME_DEFAULTS:
             runtime[key] = value
         else:

@@ -204,3 +204,15 @@ def test_runs_as_a_program(images, tiny_weights, tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "o" / "first.json").read_text())
     assert doc["class_names"][:3] == ["background", "cat", "dog"]
+
+
+def test_set_takes_several_pairs_and_gives_back_inputs(tiny_weights):
+    args = cli._parse_args(["--set", "short_side=224", "attention=vanilla", "a.png", "--out", "o",
+                            "b.png", "--set", "k_eigen=5"])
+    assert args.inputs == ["b.png", "a.png"]
+    cfg, _ = _config_of(["b.png", "--out", "o", "--set", "short_side=224", "attention=vanilla",
+                         "--set", "k_eigen=5"])
+    assert (cfg.short_side, cfg.attention, cfg.k_eigen) == (224, "vanilla", 5)
+    with pytest.raises(SystemExit):
+        cli._parse_args(["--out", "o", "--set", "short_side=224"])
+
