@@ -227,7 +227,9 @@ class Segmenter:
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         canvas = torch.zeros(len(prompts.names), int(offsets[-1]), device=self.device)  # (C, sum HW)
         coverage = torch.zeros(int(offsets[-1]), device=self.device)
-        image_r: list[torch.Tensor | None] = [None] * len(images)
+        # Reported presence: each image's prior (with the Cityscapes rule, the
+        # max over its crops' own priors).
+        image_r = torch.full((len(images), len(prompts.names)), float("-inf"), device=self.device)
         for (ch, cw), members in groups.items():
             group = [crops[n] for n in members]
             logits, r = self._forward_crops(group, pixels, resized, clip_full, image_g, prompts, times)
@@ -236,11 +238,8 @@ class Segmenter:
             index = self._crop_index(group, resized, offsets, (ch, cw))  # (B * ch * cw,)
             canvas.index_add_(1, index, logits.permute(1, 0, 2, 3).reshape(logits.shape[1], -1))
             coverage.index_add_(0, index, torch.ones_like(index, dtype=coverage.dtype))
-            # Reported presence: the image's own prior (per crop with the
-            # Cityscapes rule, then the max over its crops).
-            for j, crop in enumerate(group):
-                prev = image_r[crop.image]
-                image_r[crop.image] = r[j] if prev is None else torch.maximum(prev, r[j])
+            owner = torch.tensor([c.image for c in group], device=self.device)
+            image_r.scatter_reduce_(0, owner[:, None].expand_as(r), r, reduce="amax")
             self._sync()
             times["postprocess"] += time.perf_counter() - t0
         canvas /= coverage
