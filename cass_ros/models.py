@@ -204,7 +204,7 @@ def load_models(config: CassConfig) -> CassModels:
 
     clip, clip_id, clip_desc = load_clip(config)
     dino, dino_desc = load_dino(config)
-    _check_pair(clip, dino)
+    check_pair(clip, dino)
     random_weights = RANDOM in (config.clip_weights, config.dino_weights)
     if random_weights:
         log.warning("*** cass_ros is running with RANDOM (untrained) weights: the segmentation "
@@ -216,7 +216,8 @@ def load_models(config: CassConfig) -> CassModels:
                       description=f"{clip_desc} + {dino_desc}", random_weights=random_weights)
 
 
-def _check_pair(clip: nn.Module, dino: nn.Module) -> None:
+def check_pair(clip: nn.Module, dino: nn.Module) -> None:
+    """WeightsError unless CLIP's last layer and DINO's pair heads one to one."""
     last_clip = clip.visual.transformer.resblocks[-1].attn
     last_dino = dino.blocks[-1].attn
     clip_heads, dino_heads = last_clip.num_heads, last_dino.num_heads

@@ -179,8 +179,8 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("slide_crop", _C.slide_crop, "Sliding-window crop size in pixels; 0 = whole image "
               "in one pass", "int", 0, 8192),
     ParamSpec("slide_stride", _C.slide_stride, "Sliding-window stride in pixels", "int", 1, 8192),
-    ParamSpec("logit_scale", _C.logit_scale, "Scale of the logits before the softmax over class names", "float",
-              0.0, 1000.0),
+    ParamSpec("logit_scale", _C.logit_scale, "Scale of the logits before the softmax over "
+              "class names", "float", 0.0, 1000.0),
     ParamSpec("prob_threshold", _C.prob_threshold, "Pixels whose best class probability is "
               "below this become background (0)", "float", 0.0, 1.0),
     ParamSpec("global_semantics_weight", _C.global_semantics_weight, "Blend (beta) of the image-level "

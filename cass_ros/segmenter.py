@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import CassConfig, ConfigError
-from .models import CassModels, load_models
+from .models import CassModels, check_pair, load_models
 from .preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -111,12 +111,13 @@ class Segmenter:
         self.config = config.validate()
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_precision(config.precision, self.device)
-        self.models = (models if models is not None else load_models(config)).to(self.device)
+        if models is None:
+            models = load_models(config)
+        else:
+            check_pair(models.clip, models.dino)
+        self.models = models.to(self.device)
         self.clip = ClipVision(self.models.clip)
         self.dino = DinoKeys(self.models.dino)
-        if self.clip.num_heads != self.dino.num_heads:
-            raise ConfigError(f"CLIP has {self.clip.num_heads} heads and DINO {self.dino.num_heads}: "
-                              "choose matching 'clip_model' and 'dino_model'")
         self.params = SpectralParams(
             k_eigen=config.k_eigen, low_rank=config.low_rank, fusion_weight=config.fusion_weight,
             eigenvalue_scaling=config.eigenvalue_scaling, gaussian_std=config.gaussian_std,
