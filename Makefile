@@ -33,6 +33,7 @@ $(BUILD_STAMP): $(STAMP) package.xml CMakeLists.txt $(wildcard msg/*.msg) $(wild
 	touch $@
 
 test: build
+	$(VENV)/bin/ruff check cass_ros test benchmarks scripts launch
 	$(ROS_ENV) && $(VENV)/bin/pytest -q test
 
 lint: $(STAMP)
