@@ -106,7 +106,40 @@ if HAVE_LAUNCH:
         finally:
             node.destroy_node()
             rclpy.shutdown()
+
+    @launch_pytest.fixture
+    def bag_launch_description(ros_domain, bag_params_file):
+        """cass.launch.py with the bag tests' parameters file (tiny weights,
+        the sample scene's prompts), in the test session's DDS domain."""
+        include = IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+            launch_arguments={"params_file": str(bag_params_file),
+                              "image_topics": "/camera/image_raw"}.items())
+        return launch.LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
+
+    @pytest.mark.launch(fixture=bag_launch_description)
+    def test_sample_bag_through_the_launch_file(ros_domain, sample_bag):
+        """The bag scenario of test_bag_live.py, with the node started by
+        the launch file: every frame yields outputs, the prompt message in
+        the bag switches the classes."""
+        from cass_ros import bag_io, bag_player
+
+        topics = ["/camera/image_raw", "/cass/prompts"]
+        with bag_player.BagPlayer(ros_domain) as player:
+            player.record(player.node_output_topics(["camera"]))
+            player.advertise(sample_bag.path, topics)
+            player.wait_ready(None, topics, timeout=180.0)
+            rec = player.play(sample_bag.path, topics, lockstep=True, frame_timeout=60.0)
+            player.settle(quiet_s=2.0, timeout=120.0)
+        objects = rec.messages("/cass/camera/objects")
+        assert [bag_io.stamp_ns(m.header.stamp) for m in objects] == sample_bag.stamps_ns
+        k = sample_bag.first_frame_after_prompt
+        assert [o.prompt_id for o in objects] == [1] * k + [2] * (sample_bag.frames - k)
 else:
     @pytest.mark.skip(reason=SKIP_REASON)
     def test_launched_node_answers() -> None:
+        """Runs where launch_pytest exists."""
+
+    @pytest.mark.skip(reason=SKIP_REASON.replace("test_node_process.py", "test_bag_live.py"))
+    def test_sample_bag_through_the_launch_file() -> None:
         """Runs where launch_pytest exists."""
