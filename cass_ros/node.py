@@ -48,12 +48,14 @@ class StartupError(RuntimeError):
 
 @dataclass
 class _Active:
-    """The prompt set in force: swapped as a whole (one attribute write)."""
+    """The segmenter and prompt set in force: swapped as a whole (one
+    attribute write), so a frame never mixes two configurations."""
 
     prompt_id: int
     prompt_set: PromptSet
     prepared: Any               # segmenter.PreparedPrompts
     colors: Any                 # (K, 3) uint8 palette
+    segmenter: Any              # segmenter.Segmenter
 
 
 @dataclass
@@ -149,11 +151,11 @@ class CassNode(Node):
             self.get_logger().info(f"preset '{config.preset}' sets "
                                    + ", ".join(f"{k}={v!r}" for k, v in preset_changes.items()))
 
-        self.segmenter = self._load_segmenter(config)
-        self.get_logger().info(f"model: {self.segmenter.describe()}")
+        segmenter = self._load_segmenter(config)
+        self.get_logger().info(f"model: {segmenter.describe()}")
 
-        prepared = self.segmenter.prepare_prompts(prompt_set, prompt_id=1)
-        self._active = _Active(1, prompt_set, prepared, palette(prompt_set.num_labels))
+        prepared = segmenter.prepare_prompts(prompt_set, prompt_id=1)
+        self._active = _Active(1, prompt_set, prepared, palette(prompt_set.num_labels), segmenter)
         self._last_submitted: PromptSet = prompt_set
         self._next_prompt_id = 2
 
@@ -316,7 +318,7 @@ class CassNode(Node):
         if not frames:
             return
         t0 = time.perf_counter()
-        results = self.segmenter.segment([f[3] for f in frames], prompts=active.prepared,
+        results = active.segmenter.segment([f[3] for f in frames], prompts=active.prepared,
                                          output_size=runtime.output_size)
         batch_ms = (time.perf_counter() - t0) * 1000.0
         for (cam, msg, received, rgb), result in zip(frames, results):
@@ -337,7 +339,7 @@ class CassNode(Node):
             if rgb.shape[:2] != result.labels.shape:
                 from .preprocess import resize_short_side
 
-                rgb = resize_short_side(rgb, self.config.short_side)
+                rgb = resize_short_side(rgb, active.segmenter.config.short_side)
             cam.overlays += 1
             cam.pub_color.publish(color_image_msg(
                 overlay(rgb, result.labels, active.colors, runtime.color_alpha), header))
@@ -380,6 +382,7 @@ class CassNode(Node):
         current = dict(dataclasses.asdict(self._runtime), **self._prompt_values)
         try:
             runtime, prompt_set = node_params.check_change(current, changes)
+            config = node_params.check_config_change(self.config, changes)
         except (ConfigError, PromptError) as e:
             reason = _one_line(str(e))
             self.get_logger().warning(f"parameter change rejected: {reason}")
@@ -389,11 +392,31 @@ class CassNode(Node):
             for name in node_params.PROMPT_NAMES:
                 if name in changes:
                     self._prompt_values[name] = changes[name]
+            if config is not None:
+                self.config = config    # what later changes are checked against
+        if config is not None and self._prompt_pool is not None:
+            self._prompt_pool.submit(self._reconfigure, config)
         if prompt_set is not None and prompt_set != self._last_submitted:
             self._last_submitted = prompt_set
             if self._prompt_pool is not None:
                 self._prompt_pool.submit(self._prepare_and_activate, prompt_set)
         return SetParametersResult(successful=True)
+
+    def _reconfigure(self, config: CassConfig) -> None:
+        """On the prompt thread: the new algorithm settings on the same
+        models (no weights read), prompts re-prepared (the clusters follow
+        cluster_threshold), swapped in with one assignment."""
+        try:
+            old = self._active
+            segmenter = old.segmenter.with_config(config)
+            prepared = segmenter.prepare_prompts(old.prompt_set, prompt_id=old.prompt_id)
+            with self._lock:
+                self._active = dataclasses.replace(old, prepared=prepared, segmenter=segmenter)
+            self.get_logger().info(f"settings in force: {segmenter.describe()}")
+        except Exception as e:  # noqa: BLE001 - keep the old settings, say why
+            if self.context.ok():
+                self.get_logger().error(f"cannot apply the new settings ({type(e).__name__}: "
+                                        f"{e}); keeping the old ones")
 
     def _prepare_and_activate(self, prompt_set: PromptSet) -> None:
         """On the prompt thread: encode the texts (slow, cached per name),
@@ -402,8 +425,10 @@ class CassNode(Node):
             with self._lock:
                 prompt_id = self._next_prompt_id
                 self._next_prompt_id += 1
-            prepared = self.segmenter.prepare_prompts(prompt_set, prompt_id=prompt_id)
-            active = _Active(prompt_id, prompt_set, prepared, palette(prompt_set.num_labels))
+            segmenter = self._active.segmenter
+            prepared = segmenter.prepare_prompts(prompt_set, prompt_id=prompt_id)
+            active = _Active(prompt_id, prompt_set, prepared, palette(prompt_set.num_labels),
+                             segmenter)
             with self._lock:
                 self._active = active
             self._publish_class_table(active)
@@ -448,8 +473,9 @@ class CassNode(Node):
 
         stats = self.camera_stats()
         active = self._active
-        device = str(self.segmenter.device)
-        model = self.segmenter.describe()
+        segmenter = self._active.segmenter
+        device = str(segmenter.device)
+        model = segmenter.describe()
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         for s in stats:

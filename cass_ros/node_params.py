@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from collections.abc import Mapping, Sequence
 
-from .config import CassConfig, ConfigError, build_config
+from .config import CassConfig, ConfigError, build_config, coerce
 from .prompts import PromptError, PromptSet, prompt_set_from_settings, read_classes_file
 
 TRANSPORTS = ("raw", "compressed")
@@ -169,38 +169,40 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               "file, or 'random' (untrained: tests and benchmarks only)", "str"),
     ParamSpec("weights_cache_dir", _C.weights_cache_dir, "Where hub weights are cached; empty = "
               "the libraries' default", "str"),
-    # -- algorithm (cass-algorithm.md section 0)
+    # -- algorithm (cass-algorithm.md section 0); all but preset changeable at run time
     ParamSpec("preset", _C.preset, "A paper dataset configuration applied under the other "
               "values (parameters left at their defaults take the preset's); empty = none", "str",
               choices=("", "voc21", "voc20", "context60", "context59", "coco_object",
                        "coco_stuff", "cityscapes", "ade20k")),
     ParamSpec("short_side", _C.short_side, "Images are resized so their short side has this "
-              "many pixels before inference", "int", 16, 8192),
+              "many pixels before inference", "int", 16, 8192, runtime=True),
     ParamSpec("slide_crop", _C.slide_crop, "Sliding-window crop size in pixels; 0 = whole image "
-              "in one pass", "int", 0, 8192),
-    ParamSpec("slide_stride", _C.slide_stride, "Sliding-window stride in pixels", "int", 1, 8192),
+              "in one pass", "int", 0, 8192, runtime=True),
+    ParamSpec("slide_stride", _C.slide_stride, "Sliding-window stride in pixels", "int", 1, 8192,
+              runtime=True),
     ParamSpec("logit_scale", _C.logit_scale, "Scale of the logits before the softmax over "
-              "class names", "float", 0.0, 1000.0),
+              "class names", "float", 0.0, 1000.0, runtime=True),
     ParamSpec("prob_threshold", _C.prob_threshold, "Pixels whose best class probability is "
-              "below this become background (0)", "float", 0.0, 1.0),
-    ParamSpec("global_semantics_weight", _C.global_semantics_weight, "Blend (beta) of the image-level "
-              "similarity (object presence prior) into every patch's logits", "float", 0.0, 1.0),
+              "below this become background (0)", "float", 0.0, 1.0, runtime=True),
+    ParamSpec("global_semantics_weight", _C.global_semantics_weight, "Blend (beta) of the "
+              "image-level similarity (object presence prior) into every patch's logits", "float",
+              0.0, 1.0, runtime=True),
     ParamSpec("mean_vector_weight", _C.mean_vector_weight, "How far (alpha) a text embedding is "
-              "pulled toward its two most similar patches", "float", 0.0, 1.0),
+              "pulled toward its two most similar patches", "float", 0.0, 1.0, runtime=True),
     ParamSpec("cluster_threshold", _C.cluster_threshold, "Cosine-distance threshold cutting the "
-              "Ward dendrogram of the class-name embeddings", "float", 0.0, 10.0),
+              "Ward dendrogram of the class-name embeddings", "float", 0.0, 10.0, runtime=True),
     ParamSpec("gaussian_std", _C.gaussian_std, "Std (in patches) of the Gaussian spatial "
-              "prior added to the fused attention", "float", 0.0, 1000.0),
+              "prior added to the fused attention", "float", 0.0, 1000.0, runtime=True),
     ParamSpec("k_eigen", _C.k_eigen, "Eigenvalues per head compared in the spectral "
-              "head matching", "int", 1, 4096),
+              "head matching", "int", 1, 4096, runtime=True),
     ParamSpec("low_rank", _C.low_rank, "Rank kept of each DINO key graph", "int",
-              1, 4096),
-    ParamSpec("fusion_weight", _C.fusion_weight, "Weight (lambda) of the DINO graph in the fusion", "float",
-              0.0, 1000.0),
+              1, 4096, runtime=True),
+    ParamSpec("fusion_weight", _C.fusion_weight, "Weight (lambda) of the DINO graph in the "
+              "fusion", "float", 0.0, 1000.0, runtime=True),
     ParamSpec("eigenvalue_scaling", _C.eigenvalue_scaling, "Rescale the kept DINO eigenvalues from "
-              "[min, max] to [0.5 min, 1.5 max]", "bool"),
+              "[min, max] to [0.5 min, 1.5 max]", "bool", runtime=True),
     ParamSpec("attention", _C.attention, "Attention fusion strategy", "str",
-              choices=("spectral", "sequential", "vanilla")),
+              choices=("spectral", "sequential", "vanilla"), runtime=True),
     # -- prompts (changeable at run time)
     ParamSpec("prompts", list(_C.prompts), "Classes to segment, one per element; '|' separates "
               "synonyms (person|pedestrian). Wins over classes_file", "list", runtime=True),
@@ -236,6 +238,10 @@ RUNTIME_NAMES = tuple(f.name for f in fields(RuntimeParams))
 PROMPT_NAMES = ("prompts", "classes_file", "background_classes")
 # Segmenter settings the node exposes; crop_global_vector stays preset-internal.
 CONFIG_NAMES = tuple(s.name for s in PARAM_SPECS if s.name not in RUNTIME_NAMES)
+# Algorithm settings a running node takes (Segmenter.with_config); the model
+# settings and the preset need a restart.
+ALGORITHM_NAMES = tuple(s.name for s in PARAM_SPECS
+                        if s.runtime and s.name in CONFIG_NAMES and s.name not in PROMPT_NAMES)
 
 
 def descriptor_for(spec: ParamSpec) -> Any:
@@ -373,6 +379,16 @@ def check_change(current: Mapping[str, Any], changes: Mapping[str, Any]
     return runtime, prompt_set
 
 
+def check_config_change(config: CassConfig, changes: Mapping[str, Any]) -> CassConfig | None:
+    """The segmenter configuration after a run-time change of algorithm
+    parameters (None when none of ``changes`` is one). Raises ConfigError
+    naming the parameter (e.g. slide_stride > slide_crop); old values stay."""
+    algo = {k: coerce(k, v) for k, v in changes.items() if k in ALGORITHM_NAMES}
+    if not algo:
+        return None
+    return config.replace(**algo).validate()
+
+
 MAX_NAME_CHARS = 200
 MAX_NAMES = 4096
 
@@ -412,6 +428,7 @@ __all__ = [
     "RUNTIME_NAMES", "PROMPT_NAMES", "camera_name_from_topic", "camera_names_for",
     "declare_all", "read_all", "settings_from_values", "config_from_values",
     "runtime_from_values", "prompt_set_from_values", "check_change", "check_prompt_set",
+    "check_config_change", "ALGORITHM_NAMES",
     "descriptor_for",
     "ConfigError", "PromptError",
 ]

@@ -10,6 +10,7 @@ whole-image global vector is computed once per image.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections import defaultdict
@@ -76,6 +77,19 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     raise ConfigError(f"parameter 'precision' must be auto, fp32, fp16 or bf16, not {name!r}")
 
 
+# Settings that select or place the models; the others can change on a
+# running segmenter (Segmenter.with_config).
+MODEL_SETTINGS = ("clip_model", "clip_weights", "dino_model", "dino_weights", "weights_cache_dir",
+                  "device", "precision")
+
+
+def _spectral_params(config: CassConfig) -> SpectralParams:
+    return SpectralParams(
+        k_eigen=config.k_eigen, low_rank=config.low_rank, fusion_weight=config.fusion_weight,
+        eigenvalue_scaling=config.eigenvalue_scaling, gaussian_std=config.gaussian_std,
+        attention=config.attention)
+
+
 @dataclass(frozen=True)
 class PreparedPrompts:
     """A prompt set ready for inference: encoded, clustered, on the device.
@@ -118,16 +132,31 @@ class Segmenter:
         self.models = models.to(self.device)
         self.clip = ClipVision(self.models.clip)
         self.dino = DinoKeys(self.models.dino)
-        self.params = SpectralParams(
-            k_eigen=config.k_eigen, low_rank=config.low_rank, fusion_weight=config.fusion_weight,
-            eigenvalue_scaling=config.eigenvalue_scaling, gaussian_std=config.gaussian_std,
-            attention=config.attention)
+        self.params = _spectral_params(config)
         cache_dir = config.weights_cache_dir if not self.models.random_weights else None
         self.text_embedder = TextEmbedder(self.models.clip, self.models.tokenizer, self.device,
                                           self.models.clip_id, cache_dir or None, self._autocast)
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
         self._prompt_counter = 0
         log.info("CASS segmenter ready: %s", self.describe())
+
+    def with_config(self, config: CassConfig) -> Segmenter:
+        """A segmenter with other algorithm settings on the same models,
+        text-embedding cache and device: cheap, no weights are read. The
+        model settings must stay as they are (ConfigError names the first
+        that differs). Prompts prepared by ``self`` stay usable, but
+        re-prepare them when ``cluster_threshold`` changed."""
+        config.validate()
+        for name in MODEL_SETTINGS:
+            if getattr(config, name) != getattr(self.config, name):
+                raise ConfigError(f"parameter '{name}' selects the models: it needs a new "
+                                  "Segmenter (a node restart), not a reconfiguration")
+        other = copy.copy(self)
+        other.config = config
+        other.params = _spectral_params(config)
+        if config.gaussian_std != self.config.gaussian_std:
+            other._priors = {}
+        return other
 
     def describe(self) -> str:
         precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")

@@ -311,7 +311,9 @@ def test_labels_of_prompt_sets_never_mix(live: Any) -> None:
     ({"prompts": [""]}, "prompt"),
     ({"prompts": ["", " | "]}, "prompt"),
     ({"classes_file": "/nonexistent/classes.txt", "prompts": [""]}, "classes_file"),
-    ({"short_side": 128}, "read-only"),
+    ({"preset": "ade20k"}, "read-only"),
+    ({"slide_crop": 32}, "slide_stride"),          # stride 112 > crop 32
+    ({"attention": "cubist"}, "attention"),
     ({"device": "cuda"}, "read-only"),
     ({"color_alpha": "opaque"}, "type"),
 ])
@@ -344,6 +346,36 @@ def test_runtime_parameters_take_effect(live: Any) -> None:
         check_consistent(labels, objects)
     finally:
         assert _set_params(live, output_size="input")[0].successful
+
+
+def test_algorithm_parameters_apply_at_run_time(live: Any) -> None:
+    """A near-flat softmax (tiny logit scale) under a high threshold sends
+    every pixel to background; the settings swap in without a new prompt_id
+    and go back the same way."""
+    from cass_ros.ros_messages import labels_from_msg
+
+    prompt_id = _current_id(live)
+    results = _set_params(live, logit_scale=0.001, prob_threshold=0.9)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            labels, objects = _outputs(live, "front", _send(live, "front"))
+            if not labels_from_msg(labels).any() or time.monotonic() > deadline:
+                break
+        assert not labels_from_msg(labels).any()
+        assert objects.prompt_id == prompt_id
+        check_consistent(labels, objects)
+    finally:
+        results = _set_params(live, logit_scale=40.0, prob_threshold=0.1)
+        assert all(r.successful for r in results)
+    # a sliding-window switch goes through the same path
+    assert all(r.successful for r in _set_params(live, slide_stride=16, slide_crop=32))
+    try:
+        labels, objects = _outputs(live, "front", _send(live, "front"))
+        check_consistent(labels, objects)
+    finally:
+        assert all(r.successful for r in _set_params(live, slide_crop=0, slide_stride=112))
 
 
 # ------------------------------------------------------------------- robustness

@@ -455,3 +455,30 @@ def test_palette_and_overlay(whole, prompts_bg):
         overlay(img, res.labels[:10], palette(4))
     with pytest.raises(ValueError):
         overlay(img, res.labels, palette(4), alpha=1.5)
+
+
+# ------------------------------------------------------------------ reconfiguration
+
+
+def test_with_config_equals_a_fresh_segmenter(tiny_models, text_cache_dir):
+    base = dict(BASE, weights_cache_dir=text_cache_dir)
+    first = Segmenter(build_config(dict(base, prob_threshold=0.0)), models=tiny_models)
+    changes = dict(prob_threshold=0.2, gaussian_std=2.0, slide_crop=48, slide_stride=24,
+                   attention="sequential", cluster_threshold=0.5)
+    other = first.with_config(first.config.replace(**changes))
+    fresh = Segmenter(build_config(dict(base, **changes)), models=tiny_models)
+    assert other.text_embedder is first.text_embedder and other.models is first.models
+    assert first.config.prob_threshold == 0.0 and first.params.attention == "spectral"
+    ps = build_prompt_set([("cat",), ("dog", "puppy")], ["sky"])
+    img = image(70, 90, 3)
+    got = other.segment([img], other.prepare_prompts(ps), return_probs=True)[0]
+    want = fresh.segment([img], fresh.prepare_prompts(ps), return_probs=True)[0]
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,value", [("device", "cuda"), ("clip_weights", "random"),
+                                        ("precision", "bf16")])
+def test_with_config_refuses_model_settings(whole, name, value):
+    with pytest.raises(ConfigError, match=name):
+        whole.with_config(whole.config.replace(**{name: value}))
