@@ -34,6 +34,29 @@ def templates() -> list[Callable[[str], str]]:
     return list(OPENAI_IMAGENET_TEMPLATES)
 
 
+def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's text embedding of (B, 77) tokens: (B, E).
+
+    OpenAI-style CLIP reads its output at the end-of-text token under a
+    causal mask, so nothing after the longest prompt's end token can change
+    it: the transformer runs on that prefix only (a prompt is ~15 of the 77
+    tokens, several times less work). Other text towers run unchanged.
+    """
+    causal = (getattr(clip, "text_pool_type", None) == "argmax"
+              and getattr(clip, "attn_mask", None) is not None
+              and hasattr(clip, "token_embedding") and hasattr(clip, "ln_final"))
+    if not causal:
+        return clip.encode_text(tokens)
+    eot = tokens.argmax(-1)  # the end token has the highest id in CLIP's vocabulary
+    n = int(eot.max()) + 1
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens[:, :n]).to(cast) + clip.positional_embedding[:n].to(cast)
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
+    proj = clip.text_projection
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
 class TextEmbedder:
     """Encodes class names into unit 512-d (E-d) vectors, with a cache."""
 
@@ -75,7 +98,7 @@ class TextEmbedder:
             texts = [t(n) for n in chunk for t in self._templates]
             tokens = self.tokenizer(texts).to(self.device)
             with self.autocast():
-                emb = self.clip.encode_text(tokens)  # (len(chunk) * 80, E)
+                emb = encode_text(self.clip, tokens)  # (len(chunk) * 80, E)
             emb = F.normalize(emb.float(), dim=-1).reshape(len(chunk), per, -1)
             out.append(F.normalize(emb.mean(1), dim=-1).cpu())
         return torch.cat(out, 0)
