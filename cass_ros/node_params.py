@@ -13,7 +13,6 @@ validation) without a ROS context.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass, fields
@@ -417,10 +416,6 @@ def changed_from_preset(config: CassConfig) -> dict[str, Any]:
         if not _same(v, DEFAULTS[name]):
             out[name] = v
     return out
-
-
-def as_dict(runtime: RuntimeParams) -> dict[str, Any]:
-    return dataclasses.asdict(runtime)
 
 
 __all__ = [
