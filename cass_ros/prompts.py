@@ -116,21 +116,21 @@ def build_prompt_set(
     """A PromptSet from parsed classes.
 
     ``first_is_background``: the first class holds the background names (a
-    paper class file whose first line is the background line); its names are
-    kept exactly, even where a class line repeats one (COCO-Object's ``bed``),
-    as the reference keeps them. Names in ``background`` join label 0 unless a
-    class names them: what the user prompts wins over the background list.
+    paper class file whose first line is the background line). That line
+    then defines label 0 alone, exactly as written, even where a class line
+    repeats a name (COCO-Object's ``bed``), as the reference reads the file;
+    ``background`` is not added. Otherwise the ``background`` names form
+    label 0, except those a class names: what the user prompts wins.
     """
     classes = [tuple(c) for c in classes]
-    bg: list[str] = []
     if first_is_background and classes:
         bg = list(dict.fromkeys(classes[0]))
         classes = classes[1:]
+    else:
+        prompted = {n for c in classes for n in c}
+        bg = [n for n in dict.fromkeys(_clean(n) for n in background) if n and n not in prompted]
     if not classes:
         raise PromptError("no class is left once the background line is taken out")
-    prompted = {n for c in classes for n in c}
-    extra = (_clean(n) for n in background)
-    bg += [n for n in dict.fromkeys(extra) if n and n not in prompted and n not in bg]
     return PromptSet(classes=tuple(classes), background=tuple(bg))
 
 
@@ -141,7 +141,8 @@ def prompt_set_from_settings(
 ) -> PromptSet:
     """The prompt set the settings describe: ``prompts`` wins over
     ``classes_file``. A classes file whose first line is ``background`` or
-    made only of background names gives label 0 those names."""
+    made only of the VOC background names gives label 0 that line (and
+    ``background_classes`` is not added: the file says what background is)."""
     if isinstance(prompts, str):
         classes = parse_prompt_text(prompts) if prompts.strip() else []
     else:

@@ -301,6 +301,8 @@ def test_classes_file_with_single_background_line(tmp_path):
     ps = prompt_set_from_settings([], str(path), [])
     assert ps.background == ("background",)
     assert ps.classes == (("aeroplane",), ("bag",))
+    # the file's background line defines label 0: the default list is not added
+    assert prompt_set_from_settings([], str(path), ["sky", "wall"]) == ps
 
 
 def test_classes_file_without_background(tmp_path):
