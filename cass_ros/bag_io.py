@@ -237,24 +237,16 @@ def class_table_msg(ts: "Typestore", header: Any, prompt_set: "PromptSet", promp
 
 def image_array(msg: Any) -> np.ndarray:
     """The pixels of a mono8/mono16/rgb8 sensor_msgs/Image written by the
-    node or the bag tool, as (H, W) or (H, W, 3). For camera images of any
-    encoding use ``image_to_rgb``."""
-    enc = msg.encoding
-    if enc == "mono8":
-        dtype, ch = np.dtype(np.uint8), 1
-    elif enc == "mono16":
-        dtype, ch = np.dtype(">u2" if msg.is_bigendian else "<u2"), 1
-    elif enc in ("rgb8", "bgr8"):
-        dtype, ch = np.dtype(np.uint8), 3
-    else:
-        raise BagError(f"unexpected output image encoding {enc!r}")
-    raw = np.asarray(msg.data, dtype=np.uint8)
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    rows = raw[: h * step].reshape(h, step)[:, : w * ch * dtype.itemsize]
-    arr = np.ascontiguousarray(rows).view(dtype).reshape((h, w, ch) if ch > 1 else (h, w))
-    if enc == "bgr8":
-        arr = arr[..., ::-1]
-    return arr.astype(np.uint16) if enc == "mono16" else arr
+    node or the bag tool, as (H, W) or (H, W, 3), decoded by the same code
+    as the node's. For camera images of any encoding use ``image_to_rgb``."""
+    from . import image_conversion
+    from .ros_messages import labels_from_msg
+
+    if msg.encoding in ("mono8", "mono16"):
+        return labels_from_msg(msg)
+    if msg.encoding in ("rgb8", "bgr8"):
+        return image_conversion.to_rgb(msg)
+    raise BagError(f"unexpected output image encoding {msg.encoding!r}")
 
 
 def image_to_rgb(msg: Any) -> np.ndarray:
