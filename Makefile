@@ -17,30 +17,30 @@ all: build
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock scripts/fix_ros_wheels.py
+$(STAMP): requirements.lock tools/fix_ros_wheels.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
 	# The ROS wheels hard-code the build machine's Python paths in their CMake exports.
-	$(PY) scripts/fix_ros_wheels.py
+	$(PY) tools/fix_ros_wheels.py
 	# The ROS wheels ship package.xml files: keep colcon from finding them.
 	touch $(VENV)/COLCON_IGNORE
 	touch $@
 
 build: $(BUILD_STAMP)
 
-$(BUILD_STAMP): $(STAMP) package.xml CMakeLists.txt $(wildcard msg/*.msg) $(wildcard cass_ros/*.py cass_ros/*/*.py) $(wildcard launch/* config/* scripts/*)
+$(BUILD_STAMP): $(STAMP) package.xml CMakeLists.txt $(wildcard msg/*.msg) $(shell find cass_ros -name "*.py" -o -name "*.txt") $(wildcard launch/* config/* scripts/*)
 	AMENT_PREFIX_PATH=$(VENV) $(VENV)/bin/colcon --log-base log build --base-paths . --event-handlers console_cohesion- summary+
 	touch $@
 
 test: build
-	$(VENV)/bin/ruff check cass_ros test benchmarks scripts launch
+	$(VENV)/bin/ruff check cass_ros test benchmarks scripts tools launch
 	$(ROS_ENV) && $(VENV)/bin/pytest -q test
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cass_ros test benchmarks scripts launch
+	$(VENV)/bin/ruff check cass_ros test benchmarks scripts tools launch
 
 demo: build
-	$(ROS_ENV) && $(PY) scripts/run_demo.py --out $(DEMO_OUT)
+	$(ROS_ENV) && $(PY) tools/run_demo.py --out $(DEMO_OUT)
 
 clean:
 	rm -rf build install log $(DEMO_OUT)

@@ -54,18 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header
 
-    from cass_ros.config import build_config
-    from cass_ros.image_conversion import to_rgb
+    from cass_ros.core.config import build_config
+    from cass_ros.ros.image_conversion import to_rgb
     from cass_ros.msg import ObjectPresenceArray
-    from cass_ros.prompts import build_prompt_set, parse_prompt_text
-    from cass_ros.ros_messages import (color_image_msg, image_from_rgb, label_image_msg,
+    from cass_ros.core.prompts import build_prompt_set, parse_prompt_text
+    from cass_ros.ros.messages import (color_image_msg, image_from_rgb, label_image_msg,
                                        objects_msg)
-    from cass_ros.segmenter import Segmenter
-    from cass_ros.visualize import overlay, palette
+    from cass_ros.core.segmenter import Segmenter
+    from cass_ros.core.visualize import overlay, palette
 
     clip, dino = args.clip_weights, args.dino_weights
     if not clip or not dino:
-        from cass_ros.models import save_tiny_random_checkpoints
+        from cass_ros.core.models import save_tiny_random_checkpoints
 
         clip, dino = save_tiny_random_checkpoints(tempfile.mkdtemp(prefix="cass_bench_"))
     config = build_config({"clip_weights": clip, "dino_weights": dino, "device": args.device,

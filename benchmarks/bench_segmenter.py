@@ -25,11 +25,11 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cass_ros.config import build_config  # noqa: E402
-from cass_ros.models import load_models  # noqa: E402
-from cass_ros.prompts import build_prompt_set  # noqa: E402
-from cass_ros.segmenter import STAGES, Segmenter  # noqa: E402
-from cass_ros.spectral import SpectralParams, cass_attention, gaussian_prior  # noqa: E402
+from cass_ros.core.config import build_config  # noqa: E402
+from cass_ros.core.models import load_models  # noqa: E402
+from cass_ros.core.prompts import build_prompt_set  # noqa: E402
+from cass_ros.core.segmenter import STAGES, Segmenter  # noqa: E402
+from cass_ros.core.spectral import SpectralParams, cass_attention, gaussian_prior  # noqa: E402
 
 CLASSES = ["person", "car", "bicycle", "dog", "cat", "chair", "table", "bottle", "tree", "road",
            "building", "sky", "forklift", "pallet", "box", "door", "window", "floor", "wall", "truck"]

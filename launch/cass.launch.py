@@ -13,7 +13,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from cass_ros.ros_launch_args import LAUNCH_ARGUMENTS, node_overrides
+from cass_ros.ros.launch_args import LAUNCH_ARGUMENTS, node_overrides
 
 
 def _cass_node(context, *args, **kwargs):

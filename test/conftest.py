@@ -1,7 +1,18 @@
-"""Shared pytest set-up. Bag fixtures live in test/bag_harness.py, node
-fixtures in test/node_harness.py."""
+"""Shared pytest set-up. Bag fixtures live in test/harness/bag_harness.py,
+node fixtures in test/harness/node_harness.py."""
+
+import sys
+from pathlib import Path
 
 import pytest
+
+# Tests mirror the package's layers (core/, ros/, bag/, cli/); the DDS and
+# bag fixtures live in harness/, the development tools they drive (the bag
+# player, the sample-bag writer) in the repository's tools/.
+_HERE = Path(__file__).resolve().parent
+for _path in (_HERE / "harness", _HERE.parent / "tools"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 pytest_plugins = ["bag_harness", "node_harness"]
 
@@ -13,7 +24,7 @@ pytest_plugins = ["bag_harness", "node_harness"]
 def tiny_state_dicts():
     """(clip, dino) state dicts of the tiny random models, seed 0 (OpenAI and
     DINO key names). Shared: copy before changing them."""
-    from cass_ros.models import tiny_random_state_dicts
+    from cass_ros.core.models import tiny_random_state_dicts
 
     return tiny_random_state_dicts(seed=0)
 
@@ -24,7 +35,7 @@ def tiny_models(tiny_state_dicts):
     the way the checkpoint loader builds them. Not to be modified."""
     import open_clip
 
-    from cass_ros.models import CassModels, clip_from_state_dict, dino_from_state_dict
+    from cass_ros.core.models import CassModels, clip_from_state_dict, dino_from_state_dict
 
     clip_sd, dino_sd = tiny_state_dicts
     clip = clip_from_state_dict(dict(clip_sd))
@@ -45,6 +56,6 @@ def text_cache_dir(tmp_path_factory) -> str:
 def tiny_weights(tmp_path_factory) -> tuple[str, str]:
     """(clip_path, dino_path): tiny random checkpoints, seed 0, whose
     architecture the loader infers. Used by the CLI, node and bag tests."""
-    from cass_ros.models import save_tiny_random_checkpoints
+    from cass_ros.core.models import save_tiny_random_checkpoints
 
     return save_tiny_random_checkpoints(tmp_path_factory.mktemp("weights"), seed=0)

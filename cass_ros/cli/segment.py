@@ -1,0 +1,217 @@
+"""``cass_segment``: image files in, label PNG + colour overlay + JSON out.
+
+    cass_segment IMAGE_OR_DIR... --out DIR [--config YAML] [--preset NAME]
+                 [--prompts TEXT] [--classes-file FILE] [--device DEV]
+                 [--save-probs] [--set KEY=VALUE ...]
+
+Settings precedence: defaults < preset < --config < --set and the explicit
+flags. ``--config`` takes a flat YAML mapping of parameter names or a ROS
+parameters file such as config/cass.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..core.config import ConfigError, build_config, coerce, read_settings_file, split_settings
+from ..core.prompts import PromptError, build_prompt_set, parse_prompt_text, prompt_set_from_settings
+from ..core.result import SegmentationResult
+from ..core.visualize import overlay, palette
+
+log = logging.getLogger("cass_segment")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+# Output settings that are not segmenter parameters (as in config/cass.yaml).
+RUNTIME_DEFAULTS: dict[str, Any] = {"min_pixels": 1, "color_alpha": 0.5}
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="cass_segment", description="CASS open-vocabulary segmentation of image files.")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="YAML settings: flat mapping or a ROS params file (config/cass.yaml)")
+    p.add_argument("--preset", help="one of the paper's datasets: voc21, voc20, context60, context59, "
+                   "coco_object, coco_stuff, cityscapes, ade20k")
+    p.add_argument("--prompts", help="classes separated by ',' ';' or new lines, synonyms by '|'")
+    p.add_argument("--classes-file", help="one class per line, ',' or '|' between synonyms")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--save-probs", action="store_true",
+                   help="also write <stem>_probs.npy: float32 classes x H x W")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override parameters (--set a=1 b=2, or --set a=1 --set b=2)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    args = p.parse_args(argv)
+    # `--set a=1 image.png` lets --set swallow the image: give back the items
+    # that are not KEY=VALUE.
+    args.inputs += [item for item in args.set if "=" not in item]
+    args.set = [item for item in args.set if "=" in item]
+    if not args.inputs:
+        p.error("the following arguments are required: IMAGE_OR_DIR")
+    return args
+
+
+def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(segmenter settings, output settings) in precedence order."""
+    layers: list[dict[str, Any]] = []
+    runtime = dict(RUNTIME_DEFAULTS)
+    if args.preset:
+        layers.append({"preset": args.preset})
+    if args.config:
+        ours, rest = split_settings(read_settings_file(args.config))
+        layers.append(ours)
+        runtime.update({k: v for k, v in rest.items() if k in RUNTIME_DEFAULTS})
+    explicit: dict[str, Any] = {}
+    if args.preset:
+        explicit["preset"] = args.preset
+    for item in args.set:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key in RUNTIME_DEFAULTS:
+            runtime[key] = value
+        else:
+            explicit[key] = coerce(key, value)  # names an unknown key clearly
+    if args.classes_file:
+        explicit["classes_file"] = args.classes_file
+        explicit["prompts"] = []
+    if args.device:
+        explicit["device"] = args.device
+    layers.append(explicit)
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    try:
+        runtime = {"min_pixels": int(runtime["min_pixels"]), "color_alpha": float(runtime["color_alpha"])}
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad output setting in {runtime}") from None
+    if not 0.0 <= runtime["color_alpha"] <= 1.0:
+        raise ConfigError("parameter 'color_alpha' must be in [0, 1]")
+    return merged, runtime
+
+
+def collect_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Image paths in argument order (folders: their images, sorted), and
+    the inputs that are neither."""
+    paths: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            missing.append(item)
+    return paths, missing
+
+
+def read_rgb(path: Path) -> np.ndarray | None:
+    """RGB uint8 (H, W, 3), or None when OpenCV cannot decode the file."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def result_json(image: str, result: SegmentationResult, min_pixels: int) -> dict[str, Any]:
+    """The per-image JSON of ros-interface.md."""
+    return {
+        "image": image,
+        "size": list(result.size),
+        "class_names": list(result.class_names),
+        "objects": result.objects(min_pixels),
+        "prompt_id": int(result.prompt_id),
+        "timings_ms": dict(result.timings_ms),
+    }
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        stems.append(p.stem if n == 0 else f"{p.stem}_{n + 1}")
+        if n:
+            log.warning("two inputs are named %s: writing the second as %s", p.stem, stems[-1])
+    return stems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings, runtime = _settings(args)
+        config = build_config(settings)
+        if args.prompts is not None:
+            prompt_set = build_prompt_set(parse_prompt_text(args.prompts), config.background_classes)
+        else:
+            prompt_set = prompt_set_from_settings(config.prompts, config.classes_file,
+                                                  config.background_classes)
+    except (ConfigError, PromptError) as e:
+        print(f"cass_segment: error: {e}", file=sys.stderr)
+        return 2
+    paths, missing = collect_images(args.inputs)
+    for item in missing:
+        log.error("input %s does not exist: skipped", item)
+    if not paths:
+        print("cass_segment: error: no image files among the inputs", file=sys.stderr)
+        return 2
+
+    from ..core.models import WeightsError
+    from ..core.segmenter import Segmenter
+
+    try:
+        segmenter = Segmenter(config)
+        prepared = segmenter.prepare_prompts(prompt_set)
+    except (ConfigError, WeightsError) as e:
+        print(f"cass_segment: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    colors = palette(prepared.num_labels)
+    failed = len(missing)
+
+    from tqdm import tqdm
+
+    for path, stem in tqdm(list(zip(paths, _unique_stems(paths), strict=True)), desc="cass_segment",
+                           unit="img", disable=args.quiet or len(paths) < 2):
+        t0 = time.perf_counter()
+        rgb = read_rgb(path)
+        if rgb is None:
+            log.error("cannot read image %s: skipped", path)
+            failed += 1
+            continue
+        t_read = time.perf_counter() - t0
+        result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
+        t1 = time.perf_counter()
+        cv2.imwrite(str(out / f"{stem}_labels.png"), result.labels)
+        blend = overlay(rgb, result.labels, colors, runtime["color_alpha"])
+        cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+        if args.save_probs:
+            np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))
+        t_write = time.perf_counter() - t1
+        result.timings_ms["read"] = round(t_read * 1000.0, 3)
+        result.timings_ms["write"] = round(t_write * 1000.0, 3)
+        result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
+        with open(out / f"{stem}.json", "w") as f:
+            json.dump(result_json(str(path), result, runtime["min_pixels"]), f, indent=2)
+    done = len(paths) - (failed - len(missing))
+    note = f"; {failed} input(s) failed" if failed else ""
+    print(f"cass_segment: wrote {done} result(s) to {out}{note}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

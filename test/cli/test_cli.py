@@ -1,0 +1,219 @@
+"""The ``cass_segment`` contract: files, shapes, dtypes, JSON keys, settings
+precedence and errors. Tiny random models, the real pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cass_ros.cli import segment as cli
+from cass_ros.core.config import build_config
+from cass_ros.core.prompts import build_prompt_set, parse_prompt_text
+from cass_ros.core.segmenter import Segmenter
+
+REPO = Path(__file__).resolve().parents[2]
+OBJECT_KEYS = {"class_id", "label", "presence", "present", "pixel_count", "area_fraction",
+               "mean_confidence", "bbox"}
+
+
+def _image(seed: int, h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img[h // 4: h // 2, w // 4: w // 2] = (200, 30, 30)  # some structure
+    return img
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli_images")
+    cv2.imwrite(str(folder / "first.png"), cv2.cvtColor(_image(0, 70, 90), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "second.jpg"), cv2.cvtColor(_image(1, 64, 64), cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_args(tiny_weights) -> list[str]:
+    clip, dino = tiny_weights
+    return ["--set", f"clip_weights={clip}", "--set", f"dino_weights={dino}", "--device", "cpu",
+            "--set", "short_side=64", "-q"]
+
+
+PROMPTS = "cat|kitty, dog; car\nperson|pedestrian"
+
+
+@pytest.fixture(scope="module")
+def run(images, base_args, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_out")
+    rc = cli.main([str(images / "first.png"), str(images / "second.jpg"), "--out", str(out),
+                   "--prompts", PROMPTS, "--save-probs", *base_args])
+    return rc, out
+
+
+def test_writes_every_file_with_the_right_shapes(run, images):
+    rc, out = run
+    assert rc == 0
+    for stem, (h, w) in (("first", (70, 90)), ("second", (64, 64))):
+        labels = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint8 and labels.shape == (h, w)
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"), cv2.IMREAD_UNCHANGED)
+        assert overlay.dtype == np.uint8 and overlay.shape == (h, w, 3)
+        probs = np.load(out / f"{stem}_probs.npy")
+        doc = json.loads((out / f"{stem}.json").read_text())
+        k = len(doc["class_names"])
+        assert probs.dtype == np.float32 and probs.shape == (k, h, w)
+        assert labels.max() < k
+
+
+def test_json_keys_and_consistency_with_the_label_png(run):
+    _, out = run
+    doc = json.loads((out / "first.json").read_text())
+    assert set(doc) == {"image", "size", "class_names", "objects", "prompt_id", "timings_ms"}
+    assert doc["image"].endswith("first.png") and doc["size"] == [70, 90]
+    assert doc["class_names"][:5] == ["background", "cat", "dog", "car", "person"]
+    assert "total" in doc["timings_ms"] and {"clip", "dino", "spectral"} <= set(doc["timings_ms"])
+    labels = cv2.imread(str(out / "first_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert [o["class_id"] for o in doc["objects"]] == list(range(1, len(doc["class_names"])))
+    for obj in doc["objects"]:
+        assert set(obj) == OBJECT_KEYS
+        mask = labels == obj["class_id"]
+        assert obj["pixel_count"] == int(mask.sum())
+        assert obj["present"] == bool(mask.any())
+        assert obj["area_fraction"] == pytest.approx(mask.mean())
+        assert 0.0 <= obj["presence"] <= 1.0
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            assert obj["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                                   int(ys.max() - ys.min() + 1)]
+        else:
+            assert obj["bbox"] == [0, 0, 0, 0]
+
+
+def test_probs_reproduce_the_labels_and_the_library(run, images, tiny_weights):
+    _, out = run
+    probs = np.load(out / "first_probs.npy")
+    labels = cv2.imread(str(out / "first_labels.png"), cv2.IMREAD_UNCHANGED)
+    config = build_config({"clip_weights": tiny_weights[0], "dino_weights": tiny_weights[1],
+                           "device": "cpu", "short_side": 64})
+    expect = probs.argmax(0)
+    expect[probs.max(0) < config.prob_threshold] = 0
+    assert np.array_equal(labels, expect)
+    # The same pipeline through the library gives the same probabilities.
+    seg = Segmenter(config)
+    prepared = seg.prepare_prompts(build_prompt_set(parse_prompt_text(PROMPTS),
+                                                    config.background_classes))
+    rgb = cv2.cvtColor(cv2.imread(str(images / "first.png")), cv2.COLOR_BGR2RGB)
+    result = seg.segment([rgb], prepared, return_probs=True)[0]
+    np.testing.assert_allclose(result.probs, probs, atol=1e-6)
+    # Row 0 is background: the default background names are there.
+    assert probs[0].max() > 0
+
+
+def test_no_background_names_gives_a_zero_row(images, base_args, tmp_path):
+    rc = cli.main([str(images / "second.jpg"), "--out", str(tmp_path), "--prompts", "cat, dog",
+                   "--set", "background_classes=", "--save-probs", *base_args])
+    assert rc == 0
+    probs = np.load(tmp_path / "second_probs.npy")
+    assert probs.shape[0] == 3 and not probs[0].any()
+
+
+def test_folder_input_and_unreadable_images(images, base_args, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in images.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    rc = cli.main([str(folder), str(tmp_path / "missing.png"), "--out", str(out),
+                   "--prompts", "cat", *base_args])
+    assert rc == 1  # failures are reported, the rest still processed
+    assert sorted(p.name for p in out.glob("*.json")) == ["first.json", "second.json"]
+    assert not (out / "first_probs.npy").exists()  # only with --save-probs
+
+
+def test_sixteen_bit_labels_above_255_classes(images, base_args, tmp_path):
+    names = [f"thing{i}" for i in range(300)]
+    rc = cli.main([str(images / "second.jpg"), "--out", str(tmp_path), "--prompts", ", ".join(names),
+                   "--set", "background_classes=", *base_args])
+    assert rc == 0
+    labels = cv2.imread(str(tmp_path / "second_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint16 and labels.shape == (64, 64)
+
+
+def _config_of(argv: list[str]):
+    settings, runtime = cli._settings(cli._parse_args(argv))
+    return build_config(settings), runtime
+
+
+def test_precedence_preset_config_set(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("prob_threshold: 0.3\nshort_side: 448\nmin_pixels: 7\n")
+    cfg, runtime = _config_of(["x.png", "--out", "o", "--preset", "ade20k", "--config", str(flat),
+                               "--set", "short_side=224", "--device", "cpu"])
+    assert cfg.preset == "ade20k" and cfg.slide_crop == 224       # from the preset
+    assert cfg.mean_vector_weight == 0.05                          # from the preset
+    assert cfg.prob_threshold == 0.3                               # config over preset
+    assert cfg.short_side == 224                                   # --set over config
+    assert cfg.device == "cpu" and runtime["min_pixels"] == 7
+
+
+def test_ros_parameters_file_as_config():
+    cfg, runtime = _config_of(["x.png", "--out", "o", "--config", str(REPO / "config" / "cass.yaml"),
+                               "--set", "attention=vanilla"])
+    assert cfg.attention == "vanilla" and cfg.short_side == 336
+    assert runtime["color_alpha"] == 0.5
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--set", "clip_weights=/nonexistent/clip.pt"], "clip_weights"),
+    (["--preset", "kitti"], "preset"),
+    (["--set", "no_such_key=1"], "no_such_key"),
+    (["--set", "k_eigen=many"], "k_eigen"),
+    (["--device", "gpu"], "device"),
+])
+def test_clear_errors(images, base_args, tmp_path, capsys, extra, needle):
+    rc = cli.main([str(images / "first.png"), "--out", str(tmp_path), "--prompts", "cat",
+                   *base_args, *extra])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "error" in err and needle in err
+
+
+def test_empty_prompts_is_an_error(images, base_args, tmp_path, capsys):
+    rc = cli.main([str(images / "first.png"), "--out", str(tmp_path), "--prompts", " ,; |",
+                   *base_args])
+    assert rc == 2 and "no class names" in capsys.readouterr().err
+
+
+def test_runs_as_a_program(images, tiny_weights, tmp_path):
+    """The way users call it: a separate process, the classes file flag."""
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat, kitty\ndog|puppy\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cass_ros.cli.segment", str(images / "first.png"),
+         "--out", str(tmp_path / "o"),
+         "--classes-file", str(classes), "--set", f"clip_weights={tiny_weights[0]}",
+         "--set", f"dino_weights={tiny_weights[1]}", "--device", "cpu", "--set", "short_side=64"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "o" / "first.json").read_text())
+    assert doc["class_names"][:3] == ["background", "cat", "dog"]
+
+
+def test_set_takes_several_pairs_and_gives_back_inputs(tiny_weights):
+    args = cli._parse_args(["--set", "short_side=224", "attention=vanilla", "a.png", "--out", "o",
+                            "b.png", "--set", "k_eigen=5"])
+    assert args.inputs == ["b.png", "a.png"]
+    cfg, _ = _config_of(["b.png", "--out", "o", "--set", "short_side=224", "attention=vanilla",
+                         "--set", "k_eigen=5"])
+    assert (cfg.short_side, cfg.attention, cfg.k_eigen) == (224, "vanilla", 5)
+    with pytest.raises(SystemExit):
+        cli._parse_args(["--out", "o", "--set", "short_side=224"])
+

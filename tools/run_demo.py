@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""The demo behind `make demo`: cass_node on the sample bag, end to end.
+
+1. writes the sample bag (tools/make_sample_bag.py) unless it is there;
+2. picks the weights: the pretrained ones (open_clip 'openai' + DINO from
+   the hub) when they can be downloaded or are cached, else tiny random
+   weights, announced by a banner (the segmentation is then meaningless);
+3. starts cass_node as a subprocess (config/cass.yaml + demo settings);
+4. plays the bag into it over DDS (lock-step by default: each frame waits
+   for the node's output, so a slow CPU still segments every frame;
+   ``--rate R`` plays at R x real time and lets the node drop frames);
+5. records every output topic into a new bag and writes PNG overlays and a
+   per-frame summary (JSON + CSV) from what the node published;
+6. prints the output folder.
+
+Run from a sourced install tree (`make demo` does that):
+    run_demo.py --out demo_output [--rate R] [--weights auto|pretrained|random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("cass_ros") is None:  # a sourced install tree wins
+    sys.path.append(str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+import make_sample_bag  # noqa: E402
+
+import bag_player  # noqa: E402
+from cass_ros.bag import io as bag_io  # noqa: E402
+
+log = logging.getLogger("run_demo")
+
+RANDOM_BANNER = """
+################################################################################
+#  NO PRETRAINED WEIGHTS: the demo runs with tiny RANDOM weights.               #
+#  The segmentation below is MEANINGLESS: it only shows that the pipeline runs  #
+#  (bag -> DDS -> cass_node -> outputs -> bag, overlays, summary).              #
+#  Reason: {reason:<69}#
+#  For real results, run once where huggingface.co is reachable (the weights   #
+#  are then cached), or point clip_weights / dino_weights (config/cass.yaml)    #
+#  at local checkpoint files, or set weights_cache_dir to a pre-filled cache.   #
+################################################################################
+"""
+
+DEMO_SETTINGS: dict[str, Any] = {
+    "prompts": list(make_sample_bag.INITIAL_PROMPTS),
+    "publish_color": True,
+    # Reliable: a best-effort subscriber of Fast DDS's default set-up loses
+    # most 640 x 480 frames between two processes (see test/harness/bag_harness.py).
+    "image_qos": "reliable",
+}
+
+
+def hub_reachable(host: str = "huggingface.co") -> bool:
+    """Whether the model hub's name resolves (no network here otherwise)."""
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def start_node(out: Path, params_file: Path | None, parameters: dict[str, Any], domain: int,
+               offline: bool) -> bag_player.NodeProcess:
+    if offline:
+        # Cached weights only: fail in seconds instead of retrying a dead network.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    node = bag_player.NodeProcess(params_file, out / "node.log", domain, parameters)
+    node.start()
+    return node
+
+
+def connect(node: bag_player.NodeProcess, bag: Path, topics: list[str], domain: int
+            ) -> bag_player.BagPlayer:
+    """A player recording the node's outputs, ready to play (raises
+    PlayerError with the node's last log lines if it does not start)."""
+    player = bag_player.BagPlayer(domain, name="cass_demo_player")
+    try:
+        player.record(player.node_output_topics(["camera"]))
+        player.advertise(bag, topics)
+        player.wait_ready(node, topics, timeout=600.0)
+    except BaseException:
+        player.close()
+        raise
+    return player
+
+
+def write_results(rec: bag_player.Recording, bag: Path, out: Path) -> dict[str, Any]:
+    """Output bag, overlays and summaries from what the node published."""
+    from rosbags.rosbag2 import Reader
+
+    ts = bag_io.make_typestore()
+    bag_times: dict[int, int] = {}
+    frames: list[int] = []
+    with Reader(bag) as reader:
+        for conn, t, raw in reader.messages():
+            if conn.topic == make_sample_bag.IMAGE_TOPIC:
+                stamp = bag_io.stamp_ns(ts.deserialize_cdr(raw, conn.msgtype).header.stamp)
+                bag_times[stamp] = t
+                frames.append(stamp)
+    rec.write_bag(out / "output_bag", storage="mcap", overwrite=True, bag_times=bag_times)
+    overlays = out / "overlays" / "camera"
+    for msg in rec.messages("/cass/camera/segmentation/color"):
+        i = frames.index(bag_io.stamp_ns(msg.header.stamp))
+        bag_io.write_png(overlays / f"{i:06d}_overlay.png", bag_io.image_array(msg))
+    for msg in rec.messages("/cass/camera/segmentation"):
+        i = frames.index(bag_io.stamp_ns(msg.header.stamp))
+        bag_io.write_png(overlays / f"{i:06d}_labels.png", bag_io.image_array(msg))
+    objects = rec.messages("/cass/camera/objects")
+    for name in ("summary.json", "summary.csv"):
+        with bag_io.SummaryWriter(out / name) as summary:
+            for msg in objects:
+                ns = bag_io.stamp_ns(msg.header.stamp)
+                summary.add(bag_io.summary_row(
+                    msg, image=f"{make_sample_bag.IMAGE_TOPIC}@{bag_io.stamp_text(ns)}",
+                    topic=make_sample_bag.IMAGE_TOPIC, camera="camera",
+                    index=frames.index(ns), size=(make_sample_bag.HEIGHT, make_sample_bag.WIDTH)))
+    return {"frames": len(frames), "segmented": len(objects),
+            "present": _present_counts(objects)}
+
+
+def _present_counts(objects: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for msg in objects:
+        for o in msg.objects:
+            if o.present:
+                counts[o.label] = counts.get(o.label, 0) + 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="cass_node on the sample bag, end to end")
+    p.add_argument("--out", type=Path, default=REPO / "demo_output", help="output folder")
+    p.add_argument("--bag", type=Path, help="play this bag instead of the sample bag "
+                   "(its images must be on /camera/image_raw)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="play at RATE x real time (the node drops what it cannot follow); "
+                   "default: lock-step, every frame waits for the node")
+    p.add_argument("--weights", choices=("auto", "pretrained", "random"), default="auto",
+                   help="auto: pretrained when they can be had, else tiny random weights")
+    p.add_argument("--params-file", type=Path, default=REPO / "config" / "cass.yaml")
+    p.add_argument("--device", default=None, help="override the device parameter")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # The demo's own outputs from a previous run; the sample bag is kept.
+    for old in ("output_bag", "overlays", "summary.json", "summary.csv", "node.log"):
+        path = out / old
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+    bag = args.bag
+    if bag is None:
+        bag = out / "sample_bag"
+        if not (bag / "metadata.yaml").exists():
+            make_sample_bag.write_sample_bag(bag, storage="mcap", overwrite=True)
+            log.info("sample bag written to %s", bag)
+    topics = [make_sample_bag.IMAGE_TOPIC, bag_io.PROMPTS_TOPIC]
+    have = bag_topics(bag)
+    topics = [t for t in topics if t in have]
+
+    params_file = args.params_file if args.params_file and args.params_file.exists() else None
+    settings = dict(DEMO_SETTINGS)
+    if args.device:
+        settings["device"] = args.device
+    domain = bag_player.free_domain_id()
+    random_reason = ""
+    node = player = None
+    try:
+        if args.weights != "random":
+            offline = not hub_reachable()
+            log.info("trying the pretrained weights%s", " (cache only: no network)"
+                     if offline else "")
+            node = start_node(out, params_file, settings, domain, offline)
+            try:
+                player = connect(node, bag, topics, domain)
+            except bag_player.PlayerError as e:
+                node.stop()
+                if args.weights == "pretrained" or "weights" not in str(e):
+                    print(f"run_demo: {e}", file=sys.stderr)
+                    return 1
+                random_reason = ("pretrained weights not reachable or cached"
+                                 if offline else "pretrained weights failed to load")
+                log.info("pretrained weights unavailable: %s", e)
+        else:
+            random_reason = "--weights random"
+        if player is None:
+            from cass_ros.core.models import save_tiny_random_checkpoints
+
+            clip, dino = save_tiny_random_checkpoints(out / "weights", seed=0)
+            # No background names and no threshold: random weights would
+            # otherwise leave nearly every pixel at 0 and the overlays empty.
+            settings.update(clip_weights=clip, dino_weights=dino, background_classes=[],
+                            prob_threshold=0.0, device=args.device or "cpu")
+            print(RANDOM_BANNER.format(reason=random_reason[:69]), flush=True)
+            node = start_node(out, params_file, settings, domain, offline=False)
+            player = connect(node, bag, topics, domain)
+
+        lockstep = args.rate is None
+        log.info("playing %s %s", bag, "in lock-step" if lockstep else f"at {args.rate} x")
+        rec = player.play(bag, topics, rate=args.rate or 1.0, lockstep=lockstep, node=node,
+                          progress=True, frame_timeout=600.0)
+        player.settle(quiet_s=2.0, timeout=600.0)
+    except bag_player.PlayerError as e:
+        print(f"run_demo: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("run_demo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if player is not None:
+            player.close()
+        if node is not None:
+            node.stop()
+
+    stats = write_results(rec, bag, out)
+    if random_reason:
+        print(RANDOM_BANNER.format(reason=random_reason[:69]))
+    print(f"\ncass_node segmented {stats['segmented']} of {stats['frames']} frames; "
+          f"classes present (frames): {stats['present'] or 'none'}")
+    print(f"demo outputs in {out}:")
+    for path in sorted(out.iterdir()):
+        if path.is_dir():
+            n = sum(1 for f in path.rglob("*") if f.is_file())
+            print(f"  {path.name}/  ({n} files)")
+        else:
+            print(f"  {path.name}")
+    print(f"look at {out / 'overlays' / 'camera'} (PNG), open {out / 'output_bag'} in Foxglove, "
+          f"or read {out / 'summary.csv'}")
+    return 0
+
+
+def bag_topics(path: Path) -> set[str]:
+    from rosbags.rosbag2 import Reader
+
+    with Reader(path) as reader:
+        return {c.topic for c in reader.connections}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
