@@ -19,6 +19,7 @@ ROS_TOOL_WHEELS := launch launch_xml launch_yaml launch_ros launch_pytest launch
 	ros2service ros2interface rosidl_runtime_py
 # rclpy needs no AMENT_PREFIX_PATH, but ament_index and colcon do.
 ROS_ENV := export AMENT_PREFIX_PATH=$(VENV) && source install/setup.bash
+PYTEST_FLAGS ?= -q -rs
 DEMO_OUT ?= $(CURDIR)/demo_output
 COLCON_BASES := . $(if $(ROS_TOOLS),$(ROS_TOOLS)/src)
 
@@ -62,7 +63,7 @@ $(BUILD_STAMP): $(STAMP) $(if $(ROS_TOOLS),$(ROS_TOOLS_STAMP)) package.xml CMake
 
 test: build
 	$(VENV)/bin/ruff check cass_ros test benchmarks scripts tools launch
-	$(ROS_ENV) && $(VENV)/bin/pytest -q -rs test
+	$(ROS_ENV) && $(VENV)/bin/pytest $(PYTEST_FLAGS) test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cass_ros test benchmarks scripts tools launch

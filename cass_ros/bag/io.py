@@ -276,7 +276,7 @@ def output_topics(camera: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------
-# Summaries (one row per frame, the JSON keys of ros-interface.md)
+# Summaries (one row per frame, the JSON keys of docs/ros-interface.md)
 
 def summary_row(objects: Any, *, image: str, topic: str, camera: str, index: int,
                 timings_ms: dict[str, float] | None = None,

@@ -124,7 +124,7 @@ def read_rgb(path: Path) -> np.ndarray | None:
 
 
 def result_json(image: str, result: SegmentationResult, min_pixels: int) -> dict[str, Any]:
-    """The per-image JSON of ros-interface.md."""
+    """The per-image JSON of docs/ros-interface.md."""
     return {
         "image": image,
         "size": list(result.size),

@@ -3,7 +3,7 @@ readers for flat YAML files and ROS parameter files.
 
 Defaults follow the VOC21 configuration of CASS (whole image, probability
 threshold 0.1, a background class), since a robot asks for objects; the
-presets reproduce the per-dataset columns of cass-algorithm.md section 0
+presets reproduce the per-dataset columns of docs/algorithm.md section 0
 (values from the authors' published configs, MICV-yonsei/CASS ``configs/``).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
 
-# The paper's VOC21 background line (cass-algorithm.md 5.5).
+# The paper's VOC21 background line (docs/algorithm.md 5.5).
 VOC_BACKGROUND = (
     "sky, wall, tree, wood, grass, road, sea, river, mountain, sands, desk, bed, "
     "building, cloud, lamp, door, window, wardrobe, ceiling, shelf, curtain, "
@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class CassConfig:
-    """Every setting of the segmenter, under the names of ros-interface.md."""
+    """Every setting of the segmenter, under the names of docs/ros-interface.md."""
 
     # Model
     clip_model: str = "ViT-B-16"
@@ -43,7 +43,7 @@ class CassConfig:
     weights_cache_dir: str = ""
     device: str = "auto"
     precision: str = "auto"
-    # Algorithm (cass-algorithm.md section 0; VOC21 profile)
+    # Algorithm (docs/algorithm.md section 0; VOC21 profile)
     preset: str = ""
     short_side: int = 336
     slide_crop: int = 0
@@ -113,7 +113,7 @@ def _check(ok: bool, name: str, why: str) -> None:
         raise ConfigError(f"parameter '{name}' {why}")
 
 
-# Per-dataset settings of the published configurations (cass-algorithm.md
+# Per-dataset settings of the published configurations (docs/algorithm.md
 # section 0). Each class file named here ships in cass_ros/classes/.
 PRESETS: dict[str, dict[str, Any]] = {
     "voc21": dict(slide_crop=0, prob_threshold=0.1, global_semantics_weight=0.1,
@@ -154,7 +154,7 @@ def preset_values(name: str) -> dict[str, Any]:
     """The settings preset ``name`` implies, class file resolved to a path.
 
     Presets whose class file begins with a background line keep it as
-    class 0; the others have no background names (cass-algorithm.md 5.5).
+    class 0; the others have no background names (docs/algorithm.md 5.5).
     """
     if name not in PRESETS:
         raise ConfigError(f"parameter 'preset': unknown preset {name!r}; "

@@ -99,7 +99,7 @@ def clip_from_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Build CLIP with the architecture the state dict implies (OpenAI key
     names, QuickGELU) and load it the way OpenAI's loader does: its linear,
     convolution and attention weights pass through fp16 (as the reference's
-    loader does, cass-algorithm.md section 8); the model is then fp32."""
+    loader does, docs/algorithm.md section 8); the model is then fp32."""
     from open_clip.model import build_model_from_openai_state_dict
 
     model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True)

@@ -1,4 +1,4 @@
-"""Image preparation (cass-algorithm.md section 2) and the sliding-window
+"""Image preparation (docs/algorithm.md section 2) and the sliding-window
 grid (5.2). Resizes run on the 8-bit image as the reference's pipeline does:
 OpenCV bilinear for the short-side resize, Pillow bicubic for DINO's square.
 """

@@ -1,4 +1,4 @@
-"""Object presence prior and text adjustment (cass-algorithm.md section 4),
+"""Object presence prior and text adjustment (docs/algorithm.md section 4),
 batched over crops."""
 
 from __future__ import annotations

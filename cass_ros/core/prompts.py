@@ -2,7 +2,7 @@
 
 A class is one or more names (``person|pedestrian``). Label 0 is reserved
 for background: it holds the background names, or none, in which case only
-the probability threshold sends pixels to it (cass-algorithm.md 5.5).
+the probability threshold sends pixels to it (docs/algorithm.md 5.5).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class SegmentationResult:
 
     def objects(self, min_pixels: int = 1) -> list[dict[str, Any]]:
         """One entry per prompted class (label 1..K-1), keys as in
-        ros-interface.md: class_id, label, presence, present, pixel_count,
+        docs/ros-interface.md: class_id, label, presence, present, pixel_count,
         area_fraction, mean_confidence, bbox [x, y, width, height]."""
         total = max(1, self.labels.size)
         out = []

@@ -1,6 +1,6 @@
 """The CASS segmenter: images in, label maps and per-class summaries out.
 
-This module only orchestrates; each step of cass-algorithm.md lives in the
+This module only orchestrates; each step of docs/algorithm.md lives in the
 module named for it: preprocess (2, 5.2), vit_features (2.4, 3.1 to 3.3,
 3.9), spectral (3.3 to 3.8, 6), text (1), presence (4). All crops of all
 images in a call go through the ViTs in batches of equal crop size; the

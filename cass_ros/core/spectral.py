@@ -1,5 +1,5 @@
 """Spectral object-level context distillation: CASS's new last-layer
-attention (cass-algorithm.md section 3, steps 3 to 8, and section 6).
+attention (docs/algorithm.md section 3, steps 3 to 8, and section 6).
 
 Everything is batched over crops (B) and heads (h). The speed lever of the
 cost note is used throughout: a key graph ``s * k k^T`` (N x N) has rank at
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-# Totals within this of the optimum count as tied (cass-algorithm.md 3.5).
+# Totals within this of the optimum count as tied (docs/algorithm.md 3.5).
 TIE_TOLERANCE = 1e-4
 
 
@@ -112,7 +112,7 @@ def match_heads(cost: np.ndarray, tol: float = TIE_TOLERANCE) -> np.ndarray:
     ``col[i]`` is the CLIP head of DINO head i.
 
     Among assignments whose total is within ``tol`` of the minimum, the one
-    with the lexicographically smallest ``col`` (cass-algorithm.md 3.5):
+    with the lexicographically smallest ``col`` (docs/algorithm.md 3.5):
     built greedily, row by row taking the smallest column that still admits
     a completion within ``tol``, each checked by one assignment solve of the
     remaining rows. Exact ties are common here, so this is not a corner case.

@@ -1,4 +1,4 @@
-"""Class-name text embeddings and their clustering (cass-algorithm.md
+"""Class-name text embeddings and their clustering (docs/algorithm.md
 section 1): 80 OpenAI ImageNet templates per name, averaged; Ward
 clustering of the names by cosine distance.
 

@@ -1,6 +1,6 @@
 """The pieces of the two ViTs that CASS needs, at any input size.
 
-- position embeddings resized to the input's patch grid (cass-algorithm.md 2.4);
+- position embeddings resized to the input's patch grid (docs/algorithm.md 2.4);
 - CLIP up to (not through) its last block, and its ordinary global vector;
 - the keys of DINO's last block, the only DINO output CASS uses (7b: no
   attention maps, no final LayerNorm).

@@ -5,7 +5,7 @@ sensor_msgs/Image or CompressedImage, or any object that has them (an rclpy
 message, a rosbags message), so the node, the bag tool and the tests share
 one decoder. ``to_rgb`` prefers cv_bridge when it is importable and falls
 back to the built-in converter, which handles the encodings of
-ros-interface.md and rows padded beyond ``width * pixel size`` (``step``).
+docs/ros-interface.md and rows padded beyond ``width * pixel size`` (``step``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """cass_node: the live ROS 2 node around cass_ros.core.Segmenter.
 
-The node only adapts the segmenter's API (ros-interface.md):
+The node only adapts the segmenter's API (docs/ros-interface.md):
 
 - subscription callbacks store the newest frame per camera and return
   (an unprocessed older frame is dropped and counted);

@@ -3,7 +3,7 @@
 The one place that turns ROS parameters into the segmenter's CassConfig and
 the node's RuntimeParams. The segmenter settings are cass_ros.core.config's
 FIELD_NAMES with CassConfig's defaults; the runtime ones are those of
-ros-interface.md. config/cass.yaml lists every parameter with the default
+docs/ros-interface.md. config/cass.yaml lists every parameter with the default
 declared here (test/ros/test_params.py compares the two).
 
 rclpy is imported only inside the functions that need a node, so the bag
@@ -29,7 +29,7 @@ OUTPUT_SIZES = ("input", "model")
 
 @dataclass(frozen=True)
 class RuntimeParams:
-    """The node's own parameters (ros-interface.md, Topics and Runtime)."""
+    """The node's own parameters (docs/ros-interface.md, Topics and Runtime)."""
 
     image_topics: tuple[str, ...] = ("/camera/image_raw",)
     camera_names: tuple[str, ...] = ()
@@ -168,7 +168,7 @@ PARAM_SPECS: tuple[ParamSpec, ...] = (
               "file, or 'random' (untrained: tests and benchmarks only)", "str"),
     ParamSpec("weights_cache_dir", _C.weights_cache_dir, "Where hub weights are cached; empty = "
               "the libraries' default", "str"),
-    # -- algorithm (cass-algorithm.md section 0); all but preset changeable at run time
+    # -- algorithm (docs/algorithm.md section 0); all but preset changeable at run time
     ParamSpec("preset", _C.preset, "A paper dataset configuration applied under the other "
               "values (parameters left at their defaults take the preset's); empty = none", "str",
               choices=("", "voc21", "voc20", "context60", "context59", "coco_object",

@@ -1,4 +1,4 @@
-"""Configuration (presets of cass-algorithm.md section 0, precedence, file
+"""Configuration (presets of docs/algorithm.md section 0, precedence, file
 readers, coercion) and prompt parsing (section 1.1 and 5.5)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from cass_ros.core.prompts import (
 
 # ------------------------------------------------------------------ presets (section 0)
 
-# The table of cass-algorithm.md section 0, column by column.
+# The table of docs/algorithm.md section 0, column by column.
 COMMON = dict(short_side=336, slide_crop=224, slide_stride=112, logit_scale=40.0,
               gaussian_std=5.0, k_eigen=20, low_rank=10, fusion_weight=10.0,
               eigenvalue_scaling=True, attention="spectral", crop_global_vector=False)

@@ -1,4 +1,4 @@
-"""Preprocessing (cass-algorithm.md section 2) and the sliding-window grid
+"""Preprocessing (docs/algorithm.md section 2) and the sliding-window grid
 (5.2), each against an independent computation."""
 
 from __future__ import annotations

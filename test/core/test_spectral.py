@@ -1,4 +1,4 @@
-"""Section 3 and section 6 of cass-algorithm.md: the fast spectral step
+"""Section 3 and section 6 of docs/algorithm.md: the fast spectral step
 (batched, d x d eigenproblems) against a naive float64 N x N implementation
 written here straight from the specification, the tie rule of 3.5 against a
 brute force over all permutations, and the smaller pieces (spatial prior,

@@ -1,4 +1,4 @@
-"""Text embeddings and clustering (cass-algorithm.md section 1), the object
+"""Text embeddings and clustering (docs/algorithm.md section 1), the object
 presence prior and text adjustment (section 4), against independent
 computations written here from the specification."""
 
