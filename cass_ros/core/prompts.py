@@ -164,3 +164,22 @@ def _looks_like_background(names: Sequence[str]) -> bool:
 
     voc = {n.strip() for n in VOC_BACKGROUND.split(",")}
     return len(names) > 1 and set(names) <= voc
+
+
+MAX_NAME_CHARS = 200
+MAX_NAMES = 4096
+
+
+def check_prompt_set(prompt_set: PromptSet) -> PromptSet:
+    """Reject what parses but cannot be a class name (control characters,
+    pages of text) before it reaches the text encoder; PromptError says why."""
+    names, _ = prompt_set.flat_names()
+    if len(names) > MAX_NAMES:
+        raise PromptError(f"{len(names)} class names; at most {MAX_NAMES}")
+    for name in names:
+        if not name.isprintable():
+            raise PromptError(f"class name {name[:40]!r} holds control characters")
+        if len(name) > MAX_NAME_CHARS:
+            raise PromptError(f"class name {name[:40]!r}... is longer than {MAX_NAME_CHARS} "
+                              "characters")
+    return prompt_set

@@ -20,7 +20,8 @@ from typing import Any
 from collections.abc import Mapping, Sequence
 
 from ..core.config import CassConfig, ConfigError, build_config, coerce
-from ..core.prompts import PromptError, PromptSet, prompt_set_from_settings, read_classes_file
+from ..core.prompts import (PromptError, PromptSet, check_prompt_set, prompt_set_from_settings,
+                            read_classes_file)
 
 TRANSPORTS = ("raw", "compressed")
 QOS_CHOICES = ("best_effort", "reliable")
@@ -386,25 +387,6 @@ def check_config_change(config: CassConfig, changes: Mapping[str, Any]) -> CassC
     if not algo:
         return None
     return config.replace(**algo).validate()
-
-
-MAX_NAME_CHARS = 200
-MAX_NAMES = 4096
-
-
-def check_prompt_set(prompt_set: PromptSet) -> PromptSet:
-    """Reject what parses but cannot be a class name (control characters,
-    pages of text) before it reaches the text encoder; PromptError says why."""
-    names, _ = prompt_set.flat_names()
-    if len(names) > MAX_NAMES:
-        raise PromptError(f"{len(names)} class names; at most {MAX_NAMES}")
-    for name in names:
-        if not name.isprintable():
-            raise PromptError(f"class name {name[:40]!r} holds control characters")
-        if len(name) > MAX_NAME_CHARS:
-            raise PromptError(f"class name {name[:40]!r}... is longer than {MAX_NAME_CHARS} "
-                              "characters")
-    return prompt_set
 
 
 def changed_from_preset(config: CassConfig) -> dict[str, Any]:
