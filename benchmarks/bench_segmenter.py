@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cass_ros.core.config import build_config  # noqa: E402
+from cass_ros.core.config import CassConfig, build_config  # noqa: E402
 from cass_ros.core.models import load_models  # noqa: E402
 from cass_ros.core.prompts import build_prompt_set  # noqa: E402
 from cass_ros.core.segmenter import STAGES, Segmenter  # noqa: E402
@@ -88,7 +88,7 @@ def bench_spectral(n_side: tuple[int, int], device: torch.device, iters: int) ->
     h, d = 12, 64
     n = n_side[0] * n_side[1]
     q, k, v, kd = (torch.randn(h, n, d, generator=gen) for _ in range(4))
-    params = SpectralParams()
+    params = SpectralParams.from_config(CassConfig())
     prior = gaussian_prior(n_side, params.gaussian_std, torch.float32, device)
     qb, kb, vb, kdb = (x[None].to(device) for x in (q, k, v, kd))
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

@@ -25,92 +25,12 @@ VOC_BACKGROUND = (
 
 ATTENTION_STRATEGIES = ("spectral", "sequential", "vanilla")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# The device grammar (docs/ros-interface.md, Model): parse_device reads it.
+DEVICE_GRAMMAR = "auto, cpu, cuda or cuda:N"
 
 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names the parameter."""
-
-
-@dataclass
-class CassConfig:
-    """Every setting of the segmenter, under the names of docs/ros-interface.md."""
-
-    # Model
-    clip_model: str = "ViT-B-16"
-    clip_weights: str = "openai"
-    dino_model: str = "vit_base_patch8_224.dino"
-    dino_weights: str = "hub"
-    weights_cache_dir: str = ""
-    device: str = "auto"
-    precision: str = "auto"
-    # Algorithm (docs/algorithm.md section 0; VOC21 profile)
-    preset: str = ""
-    short_side: int = 336
-    slide_crop: int = 0
-    slide_stride: int = 112
-    logit_scale: float = 40.0
-    prob_threshold: float = 0.1
-    global_semantics_weight: float = 0.1
-    mean_vector_weight: float = 0.03
-    cluster_threshold: float = 0.10
-    gaussian_std: float = 5.0
-    k_eigen: int = 20
-    low_rank: int = 10
-    fusion_weight: float = 10.0
-    eigenvalue_scaling: bool = True
-    attention: str = "spectral"
-    # Preset behaviour without a parameter in the reference (Cityscapes):
-    # in sliding-window mode, use each crop's own class token for the
-    # presence prior instead of the whole image's.
-    crop_global_vector: bool = False
-    # Prompts
-    prompts: list[str] = field(default_factory=list)
-    classes_file: str = ""
-    background_classes: list[str] = field(
-        default_factory=lambda: [n.strip() for n in VOC_BACKGROUND.split(",")]
-    )
-
-    def validate(self) -> "CassConfig":
-        """Raise ConfigError naming the first bad parameter; return self."""
-        _check(self.short_side >= 16, "short_side", "must be >= 16")
-        _check(self.slide_crop == 0 or self.slide_crop >= 16, "slide_crop",
-               "must be 0 (whole image) or >= 16")
-        _check(self.slide_stride >= 1, "slide_stride", "must be >= 1")
-        # mmseg's grid leaves pixels uncovered when the stride exceeds the
-        # crop; the averaging of 5.2 needs every pixel covered.
-        _check(self.slide_crop == 0 or self.slide_stride <= self.slide_crop, "slide_stride",
-               "must be <= slide_crop (crops must cover every pixel)")
-        _check(self.logit_scale > 0, "logit_scale", "must be > 0")
-        _check(0.0 <= self.prob_threshold <= 1.0, "prob_threshold", "must be in [0, 1]")
-        _check(0.0 <= self.global_semantics_weight <= 1.0, "global_semantics_weight",
-               "must be in [0, 1]")
-        _check(0.0 <= self.mean_vector_weight <= 1.0, "mean_vector_weight", "must be in [0, 1]")
-        _check(self.cluster_threshold >= 0.0, "cluster_threshold", "must be >= 0")
-        _check(self.gaussian_std > 0, "gaussian_std", "must be > 0")
-        _check(self.k_eigen >= 1, "k_eigen", "must be >= 1")
-        _check(self.low_rank >= 1, "low_rank", "must be >= 1")
-        _check(self.fusion_weight >= 0, "fusion_weight", "must be >= 0")
-        _check(self.attention in ATTENTION_STRATEGIES, "attention",
-               f"must be one of {', '.join(ATTENTION_STRATEGIES)}, not {self.attention!r}")
-        _check(self.precision in PRECISIONS, "precision",
-               f"must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        _check(self.preset == "" or self.preset in PRESETS, "preset",
-               f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
-        dev = self.device
-        ok_dev = dev in ("auto", "cpu", "cuda") or (
-            dev.startswith("cuda:") and dev[5:].isdigit())
-        _check(ok_dev, "device", f"must be auto, cpu, cuda or cuda:N, not {dev!r}")
-        for name in ("clip_model", "clip_weights", "dino_model", "dino_weights"):
-            _check(bool(getattr(self, name)), name, "must not be empty")
-        return self
-
-    def replace(self, **changes: Any) -> "CassConfig":
-        return dataclasses.replace(self, **changes)
-
-
-def _check(ok: bool, name: str, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"parameter '{name}' {why}")
 
 
 # Per-dataset settings of the published configurations (docs/algorithm.md
@@ -143,11 +63,209 @@ PRESETS: dict[str, dict[str, Any]] = {
                    cluster_threshold=0.06, classes_file="cls_ade20k.txt"),
 }
 
+
+# ----------------------------------------------------------------- setting groups
+
+# The groups of docs/ros-interface.md, Parameters: MODEL settings select or
+# place the networks (a new Segmenter, a node restart); ALGORITHM settings
+# (docs/algorithm.md section 0) and PROMPTS change on running models.
+MODEL = "model"
+ALGORITHM = "algorithm"
+PROMPTS = "prompts"
+GROUPS = (MODEL, ALGORITHM, PROMPTS)
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """What a CassConfig field is, besides its name, type and default: the
+    one description of it that the ROS parameters, config/cass.yaml and the
+    tests read (docs/ros-interface.md, Parameters)."""
+
+    group: str                     # MODEL, ALGORITHM or PROMPTS
+    description: str
+    low: float | None = None       # inclusive range of the ROS descriptor (rclpy
+    high: float | None = None      # enforces it); validate() adds the finer rules
+    choices: tuple[str, ...] = ()  # the only values allowed, if any
+    runtime: bool = True           # a running node may change it
+    node_parameter: bool = True    # cass_node declares it as a ROS parameter
+
+
+def _setting(default: Any = dataclasses.MISSING, *, group: str, description: str,
+             factory: Any = dataclasses.MISSING, low: float | None = None,
+             high: float | None = None, choices: tuple[str, ...] = (),
+             runtime: bool | None = None, node_parameter: bool = True) -> Any:
+    """A CassConfig field carrying its SettingInfo. ``runtime`` defaults by
+    group: model settings need a restart, the others do not."""
+    info = SettingInfo(group=group, description=description, low=low, high=high,
+                       choices=choices, runtime=group != MODEL if runtime is None else runtime,
+                       node_parameter=node_parameter)
+    return field(default=default, default_factory=factory, metadata={"setting": info})
+
+
+def _model(default: str, description: str, **kw: Any) -> Any:
+    return _setting(default, group=MODEL, description=description, **kw)
+
+
+def _algorithm(default: Any, description: str, **kw: Any) -> Any:
+    return _setting(default, group=ALGORITHM, description=description, **kw)
+
+
+def _voc_background() -> list[str]:
+    return [n.strip() for n in VOC_BACKGROUND.split(",")]
+
+
+@dataclass
+class CassConfig:
+    """Every setting of the segmenter, under the names of docs/ros-interface.md.
+
+    Each field's metadata holds its SettingInfo (``setting_info``): group,
+    description, ROS range and choices, whether it changes at run time.
+    """
+
+    clip_model: str = _model("ViT-B-16", "open_clip architecture of the CLIP model")
+    clip_weights: str = _model(
+        "openai", "open_clip pretrained tag (openai), a checkpoint file, or 'random' "
+        "(untrained: tests and benchmarks only)")
+    dino_model: str = _model("vit_base_patch8_224.dino", "timm name of the DINO ViT")
+    dino_weights: str = _model(
+        "hub", "'hub' (timm's pretrained download), a checkpoint file, or 'random' "
+        "(untrained: tests and benchmarks only)")
+    weights_cache_dir: str = _model(
+        "", "Where hub weights are cached; empty = the libraries' default")
+    device: str = _model(
+        "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    precision: str = _model(
+        "auto", "Inference precision; auto = fp16 on CUDA, fp32 on CPU", choices=PRECISIONS)
+    # Algorithm (docs/algorithm.md section 0; VOC21 profile). The preset is
+    # applied once, under the given values, when the config is built: a
+    # running node cannot re-apply it.
+    preset: str = _algorithm(
+        "", "A paper dataset configuration applied under the other values (parameters "
+        "left at their defaults take the preset's); empty = none",
+        choices=("", *PRESETS), runtime=False)
+    short_side: int = _algorithm(
+        336, "Images are resized so their short side has this many pixels before inference",
+        low=16, high=8192)
+    slide_crop: int = _algorithm(
+        0, "Sliding-window crop size in pixels; 0 = whole image in one pass", low=0, high=8192)
+    slide_stride: int = _algorithm(112, "Sliding-window stride in pixels", low=1, high=8192)
+    logit_scale: float = _algorithm(
+        40.0, "Scale of the logits before the softmax over class names", low=0.0, high=1000.0)
+    prob_threshold: float = _algorithm(
+        0.1, "Pixels whose best class probability is below this become background (0)",
+        low=0.0, high=1.0)
+    global_semantics_weight: float = _algorithm(
+        0.1, "Blend (beta) of the image-level similarity (object presence prior) into every "
+        "patch's logits", low=0.0, high=1.0)
+    mean_vector_weight: float = _algorithm(
+        0.03, "How far (alpha) a text embedding is pulled toward its two most similar patches",
+        low=0.0, high=1.0)
+    cluster_threshold: float = _algorithm(
+        0.10, "Cosine-distance threshold cutting the Ward dendrogram of the class-name "
+        "embeddings", low=0.0, high=10.0)
+    gaussian_std: float = _algorithm(
+        5.0, "Std (in patches) of the Gaussian spatial prior added to the fused attention",
+        low=0.0, high=1000.0)
+    k_eigen: int = _algorithm(
+        20, "Eigenvalues per head compared in the spectral head matching", low=1, high=4096)
+    low_rank: int = _algorithm(10, "Rank kept of each DINO key graph", low=1, high=4096)
+    fusion_weight: float = _algorithm(
+        10.0, "Weight (lambda) of the DINO graph in the fusion", low=0.0, high=1000.0)
+    eigenvalue_scaling: bool = _algorithm(
+        True, "Rescale the kept DINO eigenvalues from [min, max] to [0.5 min, 1.5 max]")
+    attention: str = _algorithm("spectral", "Attention fusion strategy",
+                                choices=ATTENTION_STRATEGIES)
+    # A preset behaviour without a parameter in the reference (Cityscapes),
+    # hence no ROS parameter either (docs/algorithm.md 4.1).
+    crop_global_vector: bool = _algorithm(
+        False, "In sliding-window mode, use each crop's own class token for the presence "
+        "prior instead of the whole image's", node_parameter=False)
+    # Prompts (docs/algorithm.md 1.1, 5.5)
+    prompts: list[str] = _setting(
+        group=PROMPTS, factory=list, description="Classes to segment, one per element; '|' "
+        "separates synonyms (person|pedestrian). Wins over classes_file")
+    classes_file: str = _setting(
+        "", group=PROMPTS, description="Class file: one class per line, ',' or '|' between "
+        "synonyms (used when prompts is empty)")
+    background_classes: list[str] = _setting(
+        group=PROMPTS, factory=_voc_background,
+        description="Names that map to label 0 (background)")
+
+    def validate(self) -> "CassConfig":
+        """Raise ConfigError naming the first bad parameter; return self."""
+        _check(self.short_side >= 16, "short_side", "must be >= 16")
+        _check(self.slide_crop == 0 or self.slide_crop >= 16, "slide_crop",
+               "must be 0 (whole image) or >= 16")
+        _check(self.slide_stride >= 1, "slide_stride", "must be >= 1")
+        # mmseg's grid leaves pixels uncovered when the stride exceeds the
+        # crop; the averaging of 5.2 needs every pixel covered.
+        _check(self.slide_crop == 0 or self.slide_stride <= self.slide_crop, "slide_stride",
+               "must be <= slide_crop (crops must cover every pixel)")
+        _check(self.logit_scale > 0, "logit_scale", "must be > 0")
+        _check(0.0 <= self.prob_threshold <= 1.0, "prob_threshold", "must be in [0, 1]")
+        _check(0.0 <= self.global_semantics_weight <= 1.0, "global_semantics_weight",
+               "must be in [0, 1]")
+        _check(0.0 <= self.mean_vector_weight <= 1.0, "mean_vector_weight", "must be in [0, 1]")
+        _check(self.cluster_threshold >= 0.0, "cluster_threshold", "must be >= 0")
+        _check(self.gaussian_std > 0, "gaussian_std", "must be > 0")
+        _check(self.k_eigen >= 1, "k_eigen", "must be >= 1")
+        _check(self.low_rank >= 1, "low_rank", "must be >= 1")
+        _check(self.fusion_weight >= 0, "fusion_weight", "must be >= 0")
+        _check(self.attention in ATTENTION_STRATEGIES, "attention",
+               f"must be one of {', '.join(ATTENTION_STRATEGIES)}, not {self.attention!r}")
+        _check(self.precision in PRECISIONS, "precision",
+               f"must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        _check(self.preset == "" or self.preset in PRESETS, "preset",
+               f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
+        parse_device(self.device)
+        for name in ("clip_model", "clip_weights", "dino_model", "dino_weights"):
+            _check(bool(getattr(self, name)), name, "must not be empty")
+        return self
+
+    def replace(self, **changes: Any) -> "CassConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check(ok: bool, name: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"parameter '{name}' {why}")
+
+
+def parse_device(name: str) -> tuple[str, int | None]:
+    """The device grammar (docs/ros-interface.md, Model): ``auto``, ``cpu``,
+    ``cuda`` or ``cuda:N`` -> (kind, N or None). ConfigError names the
+    ``device`` parameter for anything else. Whether the device exists is
+    segmenter.resolve_device's question (it needs torch)."""
+    if name in ("auto", "cpu", "cuda"):
+        return name, None
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return "cuda", int(name[5:])
+    raise ConfigError(f"parameter 'device' must be {DEVICE_GRAMMAR}, not {name!r}")
+
+
 CLASSES_DIR = Path(__file__).resolve().parent / "classes"
 
 # Settings a user may give (YAML, --set, ROS parameters).
 FIELD_NAMES = tuple(f.name for f in fields(CassConfig))
 _FIELD_TYPES = {f.name: f.type for f in fields(CassConfig)}
+SETTINGS: dict[str, SettingInfo] = {f.name: f.metadata["setting"] for f in fields(CassConfig)}
+
+
+def setting_info(name: str) -> SettingInfo:
+    """The SettingInfo of CassConfig field ``name`` (KeyError if none)."""
+    return SETTINGS[name]
+
+
+def setting_type(name: str) -> str:
+    """The annotation of field ``name`` as written: bool, int, float, str or list[str]."""
+    return _FIELD_TYPES[name]
+
+
+def group_names(group: str) -> tuple[str, ...]:
+    """The fields of ``group`` (MODEL, ALGORITHM, PROMPTS) in field order."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown setting group {group!r}; known: {', '.join(GROUPS)}")
+    return tuple(name for name, info in SETTINGS.items() if info.group == group)
 
 
 def preset_values(name: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import CassConfig, ConfigError
+from .config import MODEL, CassConfig, ConfigError, group_names, parse_device
 from .models import CassModels, check_pair, load_models
 from .preprocess import (
     CLIP_MEAN,
@@ -46,22 +46,21 @@ STAGES = ("preprocess", "clip", "dino", "spectral", "head", "postprocess")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a usable torch.device, or
-    ConfigError naming the ``device`` parameter."""
-    if name == "auto":
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (config.parse_device's
+    grammar) -> a usable torch.device, or ConfigError naming the ``device``
+    parameter."""
+    kind, index = parse_device(name)
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    if kind == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"parameter 'device' is '{name}' but no CUDA device is available "
-                              "here; set device to 'cpu' or 'auto'")
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"parameter 'device' is '{name}' but only "
-                              f"{torch.cuda.device_count()} CUDA device(s) exist")
-        return torch.device(name)
-    raise ConfigError(f"parameter 'device' must be auto, cpu, cuda or cuda:N, not {name!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"parameter 'device' is '{name}' but no CUDA device is available "
+                          "here; set device to 'cpu' or 'auto'")
+    if (index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"parameter 'device' is '{name}' but only "
+                          f"{torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -77,17 +76,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     raise ConfigError(f"parameter 'precision' must be auto, fp32, fp16 or bf16, not {name!r}")
 
 
-# Settings that select or place the models; the others can change on a
-# running segmenter (Segmenter.with_config).
-MODEL_SETTINGS = ("clip_model", "clip_weights", "dino_model", "dino_weights", "weights_cache_dir",
-                  "device", "precision")
-
-
-def _spectral_params(config: CassConfig) -> SpectralParams:
-    return SpectralParams(
-        k_eigen=config.k_eigen, low_rank=config.low_rank, fusion_weight=config.fusion_weight,
-        eigenvalue_scaling=config.eigenvalue_scaling, gaussian_std=config.gaussian_std,
-        attention=config.attention)
+# Settings that select or place the models (config's MODEL group); the
+# others can change on a running segmenter (Segmenter.with_config).
+MODEL_SETTINGS = group_names(MODEL)
 
 
 @dataclass(frozen=True)
@@ -132,7 +123,7 @@ class Segmenter:
         self.models = models.to(self.device)
         self.clip = ClipVision(self.models.clip)
         self.dino = DinoKeys(self.models.dino)
-        self.params = _spectral_params(config)
+        self.params = SpectralParams.from_config(config)
         cache_dir = config.weights_cache_dir if not self.models.random_weights else None
         self.text_embedder = TextEmbedder(self.models.clip, self.models.tokenizer, self.device,
                                           self.models.clip_id, cache_dir or None, self._autocast)
@@ -153,7 +144,7 @@ class Segmenter:
                                   "Segmenter (a node restart), not a reconfiguration")
         other = copy.copy(self)
         other.config = config
-        other.params = _spectral_params(config)
+        other.params = SpectralParams.from_config(config)
         if config.gaussian_std != self.config.gaussian_std:
             other._priors = {}
         return other

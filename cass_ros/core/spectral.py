@@ -11,12 +11,16 @@ rule, which makes head matching deterministic across devices).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+
+if TYPE_CHECKING:
+    from .config import CassConfig
 
 # Totals within this of the optimum count as tied (docs/algorithm.md 3.5).
 TIE_TOLERANCE = 1e-4
@@ -24,12 +28,22 @@ TIE_TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class SpectralParams:
-    k_eigen: int = 20
-    low_rank: int = 10
-    fusion_weight: float = 10.0       # lambda
-    eigenvalue_scaling: bool = True
-    gaussian_std: float = 5.0         # sigma
-    attention: str = "spectral"       # spectral | sequential | vanilla
+    """The CassConfig settings this module reads (docs/algorithm.md section 0).
+
+    No defaults of its own: each field is the CassConfig field of the same
+    name, taken by ``from_config``, so defaults live in one place.
+    """
+
+    k_eigen: int
+    low_rank: int
+    fusion_weight: float              # lambda
+    eigenvalue_scaling: bool
+    gaussian_std: float               # sigma
+    attention: str                    # spectral | sequential | vanilla
+
+    @classmethod
+    def from_config(cls, config: CassConfig) -> SpectralParams:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 # ------------------------------------------------------------ DINO keys (3.3)

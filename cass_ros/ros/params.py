@@ -1,9 +1,11 @@
 """The node's ROS parameters: declaration, reading, validation.
 
 The one place that turns ROS parameters into the segmenter's CassConfig and
-the node's RuntimeParams. The segmenter settings are cass_ros.core.config's
-FIELD_NAMES with CassConfig's defaults; the runtime ones are those of
-docs/ros-interface.md. config/cass.yaml lists every parameter with the default
+the node's RuntimeParams. The segmenter settings' parameters
+(docs/ros-interface.md: Model, Algorithm, Prompts) are generated from
+CassConfig's fields, whose SettingInfo holds description, range, choices and
+run-time flag; the node's own (Inputs, Runtime) are declared here next to
+RuntimeParams. config/cass.yaml lists every parameter with the default
 declared here (test/ros/test_params.py compares the two).
 
 rclpy is imported only inside the functions that need a node, so the bag
@@ -19,13 +21,45 @@ from dataclasses import dataclass, fields
 from typing import Any
 from collections.abc import Mapping, Sequence
 
-from ..core.config import CassConfig, ConfigError, build_config, coerce
+from ..core.config import (ALGORITHM, FIELD_NAMES, PROMPTS, CassConfig, ConfigError, build_config,
+                           coerce, group_names, setting_info, setting_type)
 from ..core.prompts import (PromptError, PromptSet, check_prompt_set, prompt_set_from_settings,
                             read_classes_file)
 
 TRANSPORTS = ("raw", "compressed")
 QOS_CHOICES = ("best_effort", "reliable")
 OUTPUT_SIZES = ("input", "model")
+
+
+# ----------------------------------------------------------------- declarations
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter of cass_node (docs/ros-interface.md, Parameters)."""
+
+    name: str
+    default: Any
+    description: str
+    kind: str                      # bool, int, float, str, list
+    low: float | None = None       # inclusive range for int/float
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    runtime: bool = False          # may change while the node runs
+
+    def constraints(self, with_runtime: bool = True) -> str:
+        parts = []
+        if self.choices:
+            parts.append("one of: " + ", ".join(c or '""' for c in self.choices))
+        if self.low is not None:
+            parts.append(f"range [{_fmt(self.low)}, {_fmt(self.high)}]")
+        if with_runtime:
+            parts.append("changeable at run time" if self.runtime
+                         else "read-only: restart the node to change")
+        return "; ".join(parts)
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else (str(int(v)) if float(v).is_integer() else str(v))
 
 
 @dataclass(frozen=True)
@@ -86,6 +120,31 @@ def _valid_topic(topic: str) -> bool:
     return bool(re.fullmatch(r"(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*", topic))
 
 
+# The node's own parameters (RuntimeParams' fields, defaults from it), in the
+# order of config/cass.yaml.
+NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
+    ParamSpec("image_topics", list(RuntimeParams.image_topics), "Camera image topics (raw "
+              "transport names; compressed subscribes <topic>/compressed)", "list"),
+    ParamSpec("camera_names", list(RuntimeParams.camera_names), "Output name per image topic "
+              "(/cass/<name>/...); empty = derived from the topics", "list"),
+    ParamSpec("image_transport", RuntimeParams.image_transport, "Image transport to subscribe",
+              "str", choices=TRANSPORTS),
+    ParamSpec("image_qos", RuntimeParams.image_qos, "Reliability of the image subscriptions "
+              "(keep last 1)", "str", choices=QOS_CHOICES),
+    ParamSpec("max_rate_hz", RuntimeParams.max_rate_hz, "Most frames per second and camera "
+              "to segment; 0 = as fast as inference allows", "float", 0.0, 1000.0, runtime=True),
+    ParamSpec("publish_color", RuntimeParams.publish_color, "Always compute the colour overlay "
+              "(otherwise only while it has subscribers)", "bool", runtime=True),
+    ParamSpec("color_alpha", RuntimeParams.color_alpha, "Opacity of the class colours in the "
+              "overlay", "float", 0.0, 1.0, runtime=True),
+    ParamSpec("min_pixels", RuntimeParams.min_pixels, "Pixels a class needs to count as present",
+              "int", 1, 2**31 - 1, runtime=True),
+    ParamSpec("output_size", RuntimeParams.output_size, "Size of the label image: input (the "
+              "camera's) or model (the inference resolution, cheaper)", "str",
+              choices=OUTPUT_SIZES, runtime=True),
+)
+
+
 # ----------------------------------------------------------------- camera names
 
 _IMAGE_SUFFIXES = ("image_raw", "image_rect_color", "image_rect", "image_color", "image_mono",
@@ -120,128 +179,49 @@ def camera_names_for(topics: Sequence[str]) -> list[str]:
     return names
 
 
-# ----------------------------------------------------------------- declarations
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    default: Any
-    description: str
-    kind: str                      # bool, int, float, str, list
-    low: float | None = None       # inclusive range for int/float
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-    runtime: bool = False          # may change while the node runs
-
-    def constraints(self, with_runtime: bool = True) -> str:
-        parts = []
-        if self.choices:
-            parts.append("one of: " + ", ".join(c or '""' for c in self.choices))
-        if self.low is not None:
-            parts.append(f"range [{_fmt(self.low)}, {_fmt(self.high)}]")
-        if with_runtime:
-            parts.append("changeable at run time" if self.runtime
-                         else "read-only: restart the node to change")
-        return "; ".join(parts)
-
-
-def _fmt(v: float | None) -> str:
-    return "" if v is None else (str(int(v)) if float(v).is_integer() else str(v))
-
-
-_BIG = 1_000_000
+# The segmenter settings' parameters are generated from CassConfig: name,
+# default, description, range, choices and run-time flag all come from the
+# field (config.SettingInfo), so they cannot drift from the library. Ranges
+# are the descriptor's (rclpy enforces them); config.validate() adds the
+# finer rules (slide_crop 0 or >= 16, logit_scale > 0 ...).
 _C = CassConfig()
+_KINDS = {"bool": "bool", "int": "int", "float": "float", "str": "str", "list[str]": "list"}
+# config/cass.yaml and docs/ros-interface.md list where the networks run
+# before which networks; otherwise the order is CassConfig's.
+_LISTED_FIRST = ("device", "precision")
 
-# Order = order of config/cass.yaml. Ranges are the descriptor's (rclpy
-# enforces them); config.validate() adds the finer rules (slide_crop 0 or
-# >= 16, logit_scale > 0 ...).
+
+def config_param_spec(name: str) -> ParamSpec:
+    """The ParamSpec of CassConfig field ``name``."""
+    info = setting_info(name)
+    kind = _KINDS[setting_type(name)]
+    default = getattr(_C, name)
+    return ParamSpec(name, list(default) if kind == "list" else default, info.description, kind,
+                     info.low, info.high, info.choices, info.runtime)
+
+
+def _config_param_names() -> tuple[str, ...]:
+    exposed = [n for n in FIELD_NAMES if setting_info(n).node_parameter]
+    return (*_LISTED_FIRST, *(n for n in exposed if n not in _LISTED_FIRST))
+
+
+# Order = order of config/cass.yaml: the segmenter settings (model,
+# algorithm, prompts), then the node's own.
 PARAM_SPECS: tuple[ParamSpec, ...] = (
-    # -- model
-    ParamSpec("device", _C.device, "Torch device: auto (cuda when available, else cpu), cpu, "
-              "cuda or cuda:N", "str"),
-    ParamSpec("precision", _C.precision, "Inference precision; auto = fp16 on CUDA, fp32 on CPU",
-              "str", choices=("auto", "fp32", "fp16", "bf16")),
-    ParamSpec("clip_model", _C.clip_model, "open_clip architecture of the CLIP model", "str"),
-    ParamSpec("clip_weights", _C.clip_weights, "open_clip pretrained tag (openai), a checkpoint "
-              "file, or 'random' (untrained: tests and benchmarks only)", "str"),
-    ParamSpec("dino_model", _C.dino_model, "timm name of the DINO ViT", "str"),
-    ParamSpec("dino_weights", _C.dino_weights, "'hub' (timm's pretrained download), a checkpoint "
-              "file, or 'random' (untrained: tests and benchmarks only)", "str"),
-    ParamSpec("weights_cache_dir", _C.weights_cache_dir, "Where hub weights are cached; empty = "
-              "the libraries' default", "str"),
-    # -- algorithm (docs/algorithm.md section 0); all but preset changeable at run time
-    ParamSpec("preset", _C.preset, "A paper dataset configuration applied under the other "
-              "values (parameters left at their defaults take the preset's); empty = none", "str",
-              choices=("", "voc21", "voc20", "context60", "context59", "coco_object",
-                       "coco_stuff", "cityscapes", "ade20k")),
-    ParamSpec("short_side", _C.short_side, "Images are resized so their short side has this "
-              "many pixels before inference", "int", 16, 8192, runtime=True),
-    ParamSpec("slide_crop", _C.slide_crop, "Sliding-window crop size in pixels; 0 = whole image "
-              "in one pass", "int", 0, 8192, runtime=True),
-    ParamSpec("slide_stride", _C.slide_stride, "Sliding-window stride in pixels", "int", 1, 8192,
-              runtime=True),
-    ParamSpec("logit_scale", _C.logit_scale, "Scale of the logits before the softmax over "
-              "class names", "float", 0.0, 1000.0, runtime=True),
-    ParamSpec("prob_threshold", _C.prob_threshold, "Pixels whose best class probability is "
-              "below this become background (0)", "float", 0.0, 1.0, runtime=True),
-    ParamSpec("global_semantics_weight", _C.global_semantics_weight, "Blend (beta) of the "
-              "image-level similarity (object presence prior) into every patch's logits", "float",
-              0.0, 1.0, runtime=True),
-    ParamSpec("mean_vector_weight", _C.mean_vector_weight, "How far (alpha) a text embedding is "
-              "pulled toward its two most similar patches", "float", 0.0, 1.0, runtime=True),
-    ParamSpec("cluster_threshold", _C.cluster_threshold, "Cosine-distance threshold cutting the "
-              "Ward dendrogram of the class-name embeddings", "float", 0.0, 10.0, runtime=True),
-    ParamSpec("gaussian_std", _C.gaussian_std, "Std (in patches) of the Gaussian spatial "
-              "prior added to the fused attention", "float", 0.0, 1000.0, runtime=True),
-    ParamSpec("k_eigen", _C.k_eigen, "Eigenvalues per head compared in the spectral "
-              "head matching", "int", 1, 4096, runtime=True),
-    ParamSpec("low_rank", _C.low_rank, "Rank kept of each DINO key graph", "int",
-              1, 4096, runtime=True),
-    ParamSpec("fusion_weight", _C.fusion_weight, "Weight (lambda) of the DINO graph in the "
-              "fusion", "float", 0.0, 1000.0, runtime=True),
-    ParamSpec("eigenvalue_scaling", _C.eigenvalue_scaling, "Rescale the kept DINO eigenvalues from "
-              "[min, max] to [0.5 min, 1.5 max]", "bool", runtime=True),
-    ParamSpec("attention", _C.attention, "Attention fusion strategy", "str",
-              choices=("spectral", "sequential", "vanilla"), runtime=True),
-    # -- prompts (changeable at run time)
-    ParamSpec("prompts", list(_C.prompts), "Classes to segment, one per element; '|' separates "
-              "synonyms (person|pedestrian). Wins over classes_file", "list", runtime=True),
-    ParamSpec("classes_file", _C.classes_file, "Class file: one class per line, ',' or '|' "
-              "between synonyms (used when prompts is empty)", "str", runtime=True),
-    ParamSpec("background_classes", list(_C.background_classes), "Names that map to label 0 "
-              "(background)", "list", runtime=True),
-    # -- node
-    ParamSpec("image_topics", list(RuntimeParams.image_topics), "Camera image topics (raw "
-              "transport names; compressed subscribes <topic>/compressed)", "list"),
-    ParamSpec("camera_names", list(RuntimeParams.camera_names), "Output name per image topic "
-              "(/cass/<name>/...); empty = derived from the topics", "list"),
-    ParamSpec("image_transport", RuntimeParams.image_transport, "Image transport to subscribe",
-              "str", choices=TRANSPORTS),
-    ParamSpec("image_qos", RuntimeParams.image_qos, "Reliability of the image subscriptions "
-              "(keep last 1)", "str", choices=QOS_CHOICES),
-    ParamSpec("max_rate_hz", RuntimeParams.max_rate_hz, "Most frames per second and camera "
-              "to segment; 0 = as fast as inference allows", "float", 0.0, 1000.0, runtime=True),
-    ParamSpec("publish_color", RuntimeParams.publish_color, "Always compute the colour overlay "
-              "(otherwise only while it has subscribers)", "bool", runtime=True),
-    ParamSpec("color_alpha", RuntimeParams.color_alpha, "Opacity of the class colours in the "
-              "overlay", "float", 0.0, 1.0, runtime=True),
-    ParamSpec("min_pixels", RuntimeParams.min_pixels, "Pixels a class needs to count as present",
-              "int", 1, 2**31 - 1, runtime=True),
-    ParamSpec("output_size", RuntimeParams.output_size, "Size of the label image: input (the "
-              "camera's) or model (the inference resolution, cheaper)", "str",
-              choices=OUTPUT_SIZES, runtime=True),
+    *(config_param_spec(n) for n in _config_param_names()),
+    *NODE_PARAM_SPECS,
 )
 
 SPECS: dict[str, ParamSpec] = {s.name: s for s in PARAM_SPECS}
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in PARAM_SPECS}
 RUNTIME_NAMES = tuple(f.name for f in fields(RuntimeParams))
-PROMPT_NAMES = ("prompts", "classes_file", "background_classes")
+PROMPT_NAMES = group_names(PROMPTS)
 # Segmenter settings the node exposes; crop_global_vector stays preset-internal.
-CONFIG_NAMES = tuple(s.name for s in PARAM_SPECS if s.name not in RUNTIME_NAMES)
+CONFIG_NAMES = _config_param_names()
 # Algorithm settings a running node takes (Segmenter.with_config); the model
 # settings and the preset need a restart.
-ALGORITHM_NAMES = tuple(s.name for s in PARAM_SPECS
-                        if s.runtime and s.name in CONFIG_NAMES and s.name not in PROMPT_NAMES)
+ALGORITHM_NAMES = tuple(n for n in CONFIG_NAMES
+                        if setting_info(n).group == ALGORITHM and setting_info(n).runtime)
 
 
 def descriptor_for(spec: ParamSpec) -> Any:
@@ -406,6 +386,6 @@ __all__ = [
     "declare_all", "read_all", "settings_from_values", "config_from_values",
     "runtime_from_values", "prompt_set_from_values", "check_change", "check_prompt_set",
     "check_config_change", "ALGORITHM_NAMES",
-    "descriptor_for",
+    "descriptor_for", "config_param_spec", "NODE_PARAM_SPECS",
     "ConfigError", "PromptError",
 ]

@@ -3,22 +3,34 @@ readers, coercion) and prompt parsing (section 1.1 and 5.5)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cass_ros.core import config as config_module
 from cass_ros.core.config import (
+    ALGORITHM,
+    ATTENTION_STRATEGIES,
     CLASSES_DIR,
     FIELD_NAMES,
+    GROUPS,
+    MODEL,
+    PRECISIONS,
     PRESETS,
+    PROMPTS,
+    SettingInfo,
     VOC_BACKGROUND,
     CassConfig,
     ConfigError,
     build_config,
     coerce,
+    group_names,
+    parse_device,
     preset_values,
     read_settings_file,
+    setting_info,
     split_settings,
 )
 from cass_ros.core.prompts import (
@@ -197,6 +209,74 @@ def test_valid_devices_pass_validation():
     for dev in ("auto", "cpu", "cuda", "cuda:1"):
         assert build_config({"device": dev}).device == dev
     assert build_config({"slide_crop": 224, "slide_stride": 224}).slide_stride == 224
+
+
+@pytest.mark.parametrize("name,parsed", [
+    ("auto", ("auto", None)), ("cpu", ("cpu", None)), ("cuda", ("cuda", None)),
+    ("cuda:0", ("cuda", 0)), ("cuda:12", ("cuda", 12)),
+])
+def test_device_grammar_accepts(name, parsed):
+    assert parse_device(name) == parsed
+    assert build_config({"device": name}).device == name
+
+
+@pytest.mark.parametrize("name", ["", "gpu", "CPU", "Cuda", "cuda:", "cuda:x", "cuda:-1", "cuda0",
+                                  "cuda:1:2", " cpu", "tpu:0", "mps"])
+def test_device_grammar_refuses(name):
+    with pytest.raises(ConfigError, match=r"parameter 'device' must be auto, cpu, cuda or cuda:N, "
+                                          rf"not {name!r}"):
+        parse_device(name)
+    # validate() reads the device through the same parser
+    with pytest.raises(ConfigError, match=r"must be auto, cpu, cuda or cuda:N"):
+        CassConfig(device=name).validate()
+
+
+# ------------------------------------------------------------------ setting groups (one source)
+
+
+def test_every_field_carries_its_setting_info():
+    for f in dataclasses.fields(CassConfig):
+        info = f.metadata.get("setting")
+        assert isinstance(info, SettingInfo), f.name
+        assert setting_info(f.name) is info
+        assert info.group in GROUPS, f.name
+        assert info.description, f.name
+        if info.choices:
+            assert getattr(CassConfig(), f.name) in info.choices, f.name
+        if info.low is not None:
+            assert f.type in ("int", "float") and info.high is not None, f.name
+            assert info.low <= getattr(CassConfig(), f.name) <= info.high, f.name
+
+
+def test_groups_partition_the_fields_in_field_order():
+    assert sum((group_names(g) for g in GROUPS), ()) == FIELD_NAMES
+    assert set().union(*(group_names(g) for g in GROUPS)) == set(FIELD_NAMES)
+    assert group_names(MODEL) == ("clip_model", "clip_weights", "dino_model", "dino_weights",
+                                  "weights_cache_dir", "device", "precision")
+    assert group_names(PROMPTS) == ("prompts", "classes_file", "background_classes")
+    assert group_names(ALGORITHM)[0] == "preset" and "attention" in group_names(ALGORITHM)
+    with pytest.raises(ValueError, match="group"):
+        group_names("node")
+
+
+def test_run_time_flags_follow_the_groups():
+    """Model settings and the preset need a restart; everything else may
+    change on a running node (docs/ros-interface.md, Parameters)."""
+    for name in FIELD_NAMES:
+        info = setting_info(name)
+        assert info.runtime == (info.group != MODEL and name != "preset"), name
+    # the only setting that is not a ROS parameter (docs/algorithm.md section 0)
+    assert [n for n in FIELD_NAMES if not setting_info(n).node_parameter] == ["crop_global_vector"]
+
+
+def test_choices_are_the_constants_validate_uses():
+    assert setting_info("precision").choices == PRECISIONS
+    assert setting_info("attention").choices == ATTENTION_STRATEGIES
+    assert setting_info("preset").choices == ("", *PRESETS)
+    for name in FIELD_NAMES:
+        for value in setting_info(name).choices:
+            CassConfig(**{name: value}).validate()  # every listed choice validates
+    assert config_module.DEVICE_GRAMMAR == "auto, cpu, cuda or cuda:N"
 
 
 # ------------------------------------------------------------------ settings files

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from cass_ros.core.config import ConfigError, build_config
+from cass_ros.core.config import MODEL, ConfigError, build_config, group_names
 from cass_ros.core.models import WeightsError
 from cass_ros.core.prompts import PromptError, PromptSet, build_prompt_set, prompt_set_from_settings
 from cass_ros.core.result import SegmentationResult, label_statistics
-from cass_ros.core.segmenter import PreparedPrompts, Segmenter, resolve_device, resolve_precision
+from cass_ros.core.segmenter import (MODEL_SETTINGS, PreparedPrompts, Segmenter, resolve_device,
+                                     resolve_precision)
 from cass_ros.core.text import cluster_names
 from cass_ros.core.visualize import overlay, palette
 
@@ -482,3 +483,22 @@ def test_with_config_equals_a_fresh_segmenter(tiny_models, text_cache_dir):
 def test_with_config_refuses_model_settings(whole, name, value):
     with pytest.raises(ConfigError, match=name):
         whole.with_config(whole.config.replace(**{name: value}))
+
+
+# A changed value per model setting; kept next to the group so that a new
+# model setting without a line here fails the test below.
+MODEL_CHANGES = dict(clip_model="ViT-B-32", clip_weights="random", dino_model="vit_small_patch8_224",
+                     dino_weights="random", weights_cache_dir="/elsewhere", device="cuda:1",
+                     precision="bf16")
+
+
+def test_with_config_refuses_every_setting_of_the_model_group(whole):
+    model_settings = MODEL_SETTINGS
+    assert model_settings == group_names(MODEL)
+    assert set(MODEL_CHANGES) == set(model_settings)
+    for name, value in MODEL_CHANGES.items():
+        with pytest.raises(ConfigError, match=f"parameter '{name}' selects the models"):
+            whole.with_config(whole.config.replace(**{name: value}))
+    # every other setting is the algorithm's or the prompts': accepted
+    other = whole.with_config(whole.config.replace(preset="voc20", k_eigen=3, prompts=["cat"]))
+    assert other.params.k_eigen == 3 and other.models is whole.models

@@ -6,6 +6,7 @@ DINO key resize, range maps, eigenvalue rescaling)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from cass_ros.core import spectral
+from cass_ros.core.config import CassConfig
 from cass_ros.core.spectral import (
     SpectralParams,
     cass_attention,
@@ -28,6 +30,33 @@ from cass_ros.core.spectral import (
 )
 
 TOL = 1e-4  # the tie tolerance of 3.5
+
+
+def params(**changes) -> SpectralParams:
+    """SpectralParams of the default CassConfig with ``changes``."""
+    return SpectralParams.from_config(CassConfig(**changes))
+
+
+def test_spectral_params_are_the_config_fields() -> None:
+    """SpectralParams holds no defaults of its own: each field is the
+    CassConfig field of that name, with its type, taken by from_config."""
+    config_types = {f.name: f.type for f in dataclasses.fields(CassConfig)}
+    for f in dataclasses.fields(SpectralParams):
+        assert f.default is dataclasses.MISSING, f.name
+        assert config_types[f.name] == f.type, f.name
+    with pytest.raises(TypeError):
+        SpectralParams()  # type: ignore[call-arg]
+    config = CassConfig(k_eigen=7, low_rank=3, fusion_weight=2.5, eigenvalue_scaling=False,
+                        gaussian_std=1.5, attention="sequential")
+    p = SpectralParams.from_config(config)
+    assert p == SpectralParams(k_eigen=7, low_rank=3, fusion_weight=2.5, eigenvalue_scaling=False,
+                               gaussian_std=1.5, attention="sequential")
+    # the round trip: each value read back into a config gives the same params
+    back = CassConfig(**{f.name: getattr(p, f.name) for f in dataclasses.fields(p)})
+    assert SpectralParams.from_config(back) == p
+    d = CassConfig()
+    assert params() == SpectralParams(d.k_eigen, d.low_rank, d.fusion_weight,
+                                      d.eigenvalue_scaling, d.gaussian_std, d.attention)
 
 # ------------------------------------------------------------------ naive reference
 
@@ -189,8 +218,8 @@ CASES = [
 def test_spectral_attention_matches_naive(case, scaling):
     seed, b, h, grid, d, shift, near_tied, skewed = case
     q, k, v, kd = make_inputs(seed, b, h, grid, d, shift, near_tied, skewed)
-    p = SpectralParams(k_eigen=20, low_rank=10, fusion_weight=10.0, eigenvalue_scaling=scaling,
-                       gaussian_std=5.0 if seed % 2 else 1.5, attention="spectral")
+    p = params(k_eigen=20, low_rank=10, fusion_weight=10.0, eigenvalue_scaling=scaling,
+               gaussian_std=5.0 if seed % 2 else 1.5, attention="spectral")
     out, info = cass_attention(q, k, v, kd, grid, p, dtype=torch.float64)
     assert out.shape == (b, h, grid[0] * grid[1], d) and out.dtype == torch.float64
     kd_mapped = torch.stack([naive_range_map(kd[bi], k[bi]) for bi in range(b)])
@@ -210,8 +239,8 @@ def test_spectral_attention_matches_naive(case, scaling):
 def test_spectral_other_hyperparameters_match_naive(k_eigen, low_rank, fusion):
     grid = (5, 6)
     q, k, v, kd = make_inputs(11, 1, 3, grid, 16, shift=1.0)
-    p = SpectralParams(k_eigen=k_eigen, low_rank=low_rank, fusion_weight=fusion,
-                       eigenvalue_scaling=True, gaussian_std=2.0)
+    p = params(k_eigen=k_eigen, low_rank=low_rank, fusion_weight=fusion,
+               eigenvalue_scaling=True, gaussian_std=2.0)
     out, _ = cass_attention(q, k, v, kd, grid, p, dtype=torch.float64)
     torch.testing.assert_close(out[0], naive_attention(q[0], k[0], v[0], kd[0], grid, p),
                                rtol=1e-8, atol=1e-8)
@@ -220,7 +249,7 @@ def test_spectral_other_hyperparameters_match_naive(k_eigen, low_rank, fusion):
 def test_spectral_float32_close_to_naive():
     grid = (4, 6)
     q, k, v, kd = make_inputs(21, 2, 3, grid, 16)
-    p = SpectralParams()
+    p = params()
     out, info = cass_attention(q.float(), k.float(), v.float(), kd.float(), grid, p)
     assert out.dtype == torch.float32
     assert info.cost.dtype == np.float64  # the matching always runs in float64 (3.5)
@@ -241,7 +270,7 @@ def test_common_dino_component_gives_exact_ties_and_the_tie_rule_decides():
     arbitrary = 0
     for seed in range(5):
         _, k, _, kd = make_inputs(seed, 1, h, (4, 5), 24, skewed=True)
-        _, info = fused_graphs(k, naive_range_map(kd, k), SpectralParams(), dtype=torch.float64)
+        _, info = fused_graphs(k, naive_range_map(kd, k), params(), dtype=torch.float64)
         cost = info.cost[0]
         perms = np.array(list(itertools.permutations(range(h))))
         totals = cost[np.arange(h)[None, :], perms].sum(1)
@@ -256,7 +285,7 @@ def test_common_dino_component_gives_exact_ties_and_the_tie_rule_decides():
 def test_sequential_matches_naive(seed, h, grid, d):
     q, k, v, kd = make_inputs(seed, 2, h, grid, d, shift=1.0)
     # eigenvalue_scaling on must be ignored by sequential (section 6)
-    p = SpectralParams(attention="sequential", eigenvalue_scaling=True, gaussian_std=3.0)
+    p = params(attention="sequential", eigenvalue_scaling=True, gaussian_std=3.0)
     out, info = cass_attention(q, k, v, kd, grid, p, dtype=torch.float64)
     np.testing.assert_array_equal(info.col, np.tile(np.arange(h), (2, 1)))
     for bi in range(2):
@@ -267,7 +296,7 @@ def test_sequential_matches_naive(seed, h, grid, d):
 @pytest.mark.parametrize("seed,h,n,d", [(0, 2, 12, 16), (1, 3, 30, 8)])
 def test_vanilla_matches_naive(seed, h, n, d):
     q, k, v, _ = make_inputs(seed, 2, h, (n, 1), d)
-    p = SpectralParams(attention="vanilla")
+    p = params(attention="vanilla")
     out, info = cass_attention(q, k, v, None, (n, 1), p, dtype=torch.float64)
     assert info is None
     for bi in range(2):
@@ -278,19 +307,19 @@ def test_vanilla_matches_naive(seed, h, n, d):
 def test_strategies_differ_and_dino_is_required():
     grid = (4, 4)
     q, k, v, kd = make_inputs(5, 1, 3, grid, 16)
-    outs = {a: cass_attention(q, k, v, kd, grid, SpectralParams(attention=a), dtype=torch.float64)[0]
+    outs = {a: cass_attention(q, k, v, kd, grid, params(attention=a), dtype=torch.float64)[0]
             for a in ("spectral", "sequential", "vanilla")}
     assert not torch.allclose(outs["spectral"], outs["sequential"])
     assert not torch.allclose(outs["spectral"], outs["vanilla"])
     assert not torch.allclose(outs["sequential"], outs["vanilla"])
     with pytest.raises(ValueError, match="spectral"):
-        cass_attention(q, k, v, None, grid, SpectralParams(), dtype=torch.float64)
+        cass_attention(q, k, v, None, grid, params(), dtype=torch.float64)
 
 
 def test_cached_prior_is_used():
     grid = (3, 4)
     q, k, v, kd = make_inputs(8, 1, 2, grid, 16)
-    p = SpectralParams(gaussian_std=2.0)
+    p = params(gaussian_std=2.0)
     a, _ = cass_attention(q, k, v, kd, grid, p, dtype=torch.float64)
     b, _ = cass_attention(q, k, v, kd, grid, p, prior=gaussian_prior(grid, 2.0, torch.float64),
                           dtype=torch.float64)

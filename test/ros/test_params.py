@@ -12,6 +12,7 @@ import pytest
 from node_harness import CONFIG, ros_available
 
 from cass_ros.ros import params as node_params
+from cass_ros.core import config as core_config
 from cass_ros.core.config import CassConfig, ConfigError, read_settings_file
 from cass_ros.core.prompts import PromptError
 from cass_ros.ros.launch_args import node_overrides, ros_args
@@ -53,6 +54,48 @@ def test_every_numeric_parameter_has_a_range_and_every_one_a_description() -> No
             assert spec.low <= spec.default <= spec.high, spec.name
         if spec.choices:
             assert spec.default in spec.choices, spec.name
+
+
+def test_yaml_lists_the_parameters_in_declaration_order() -> None:
+    assert list(read_settings_file(CONFIG)) == [s.name for s in node_params.PARAM_SPECS]
+
+
+def test_segmenter_parameters_are_generated_from_the_config_fields() -> None:
+    defaults = CassConfig()
+    kinds = {"bool": "bool", "int": "int", "float": "float", "str": "str", "list[str]": "list"}
+    types = {f.name: f.type for f in dataclasses.fields(CassConfig)}
+    for name in node_params.CONFIG_NAMES:
+        spec, info = node_params.SPECS[name], core_config.setting_info(name)
+        value = getattr(defaults, name)
+        assert spec.default == value and type(spec.default) is type(value), name
+        assert spec.kind == kinds[types[name]], name
+        assert (spec.description, spec.low, spec.high, spec.choices, spec.runtime) == (
+            info.description, info.low, info.high, info.choices, info.runtime), name
+    assert node_params.SPECS["precision"].choices == core_config.PRECISIONS
+    assert node_params.SPECS["attention"].choices == core_config.ATTENTION_STRATEGIES
+    assert node_params.SPECS["preset"].choices == ("", *core_config.PRESETS)
+
+
+def test_a_changed_setting_info_changes_the_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    info = core_config.setting_info("k_eigen")
+    monkeypatch.setitem(core_config.SETTINGS, "k_eigen", dataclasses.replace(
+        info, description="changed", high=99, runtime=False))
+    spec = node_params.config_param_spec("k_eigen")
+    assert (spec.description, spec.high, spec.runtime) == ("changed", 99, False)
+
+
+def test_parameter_groups_are_the_config_groups() -> None:
+    prompt_names, algorithm_names = node_params.PROMPT_NAMES, node_params.ALGORITHM_NAMES
+    assert prompt_names == core_config.group_names(core_config.PROMPTS)
+    assert algorithm_names == tuple(n for n in core_config.group_names(core_config.ALGORITHM)
+                                    if n not in ("preset", "crop_global_vector"))
+    assert set(node_params.CONFIG_NAMES) == set(core_config.FIELD_NAMES) - {"crop_global_vector"}
+    assert not any(node_params.SPECS[n].runtime for n in core_config.group_names(core_config.MODEL))
+    # the node's own parameters: RuntimeParams' fields with its defaults, last
+    specs = node_params.PARAM_SPECS
+    assert [s.name for s in node_params.NODE_PARAM_SPECS] == list(node_params.RUNTIME_NAMES)
+    assert specs == (*(node_params.SPECS[n] for n in node_params.CONFIG_NAMES),
+                     *node_params.NODE_PARAM_SPECS)
 
 
 @pytest.mark.skipif(ros_available() is not None, reason=ros_available() or "")
