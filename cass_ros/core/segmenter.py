@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from .prompts import PromptSet
 from .result import SegmentationResult, label_statistics
 from .spectral import SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
 from .text import TextEmbedder, cluster_names
+from .timing import StageTimer
 from .vit_features import ClipVision, DinoKeys
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,17 @@ class _Crop:
     box: tuple[int, int, int, int]  # y0, y1, x0, x1 in the resized image
 
 
+@dataclass
+class _Batch:
+    """The images of one segment call, resized and on the device."""
+
+    resized: list[np.ndarray]       # (Hr, Wr, 3) uint8 each (2.1)
+    pixels: list[torch.Tensor]      # (3, Hr, Wr) uint8 on the device
+    clip_full: list[torch.Tensor]   # (3, Hr, Wr) CLIP-normalised (2.2)
+    offsets: np.ndarray             # (I + 1,) start of each image in the flat canvas
+    image_g: torch.Tensor | None = None  # (I, E) whole-image global vectors (4.1)
+
+
 class Segmenter:
     """CASS on one device. Thread-safe for one ``segment`` call at a time."""
 
@@ -129,6 +140,7 @@ class Segmenter:
                                           self.models.clip_id, cache_dir or None, self._autocast)
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
         self._prompt_counter = 0
+        self._timer = self._new_timer()
         log.info("CASS segmenter ready: %s", self.describe())
 
     def with_config(self, config: CassConfig) -> Segmenter:
@@ -147,6 +159,7 @@ class Segmenter:
         other.params = SpectralParams.from_config(config)
         if config.gaussian_std != self.config.gaussian_std:
             other._priors = {}
+        other._timer = other._new_timer()  # its own: the two may run side by side
         return other
 
     def describe(self) -> str:
@@ -161,9 +174,12 @@ class Segmenter:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _new_timer(self) -> StageTimer:
+        """The stage timer of result.timings_ms; it waits for the device at
+        the end of a stage only on CUDA, where kernels run asynchronously."""
+        device = self.device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+        return StageTimer(STAGES, sync)
 
     # ------------------------------------------------------------ prompts
 
@@ -192,14 +208,17 @@ class Segmenter:
         return prior
 
     @staticmethod
-    def _check_image(i: int, image: np.ndarray) -> None:
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"image {i}: expected a numpy array, got {type(image).__name__}")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image {i}: expected RGB uint8 of shape (H, W, 3), got "
-                             f"{image.dtype} {image.shape}")
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError(f"image {i}: zero size {image.shape[:2]}")
+    def _check_call(images: Sequence[np.ndarray], output_size: str) -> None:
+        if output_size not in ("input", "model"):
+            raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray):
+                raise ValueError(f"image {i}: expected a numpy array, got {type(image).__name__}")
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"image {i}: expected RGB uint8 of shape (H, W, 3), got "
+                                 f"{image.dtype} {image.shape}")
+            if image.shape[0] == 0 or image.shape[1] == 0:
+                raise ValueError(f"image {i}: zero size {image.shape[:2]}")
 
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], prompts: PreparedPrompts,
@@ -207,82 +226,88 @@ class Segmenter:
         """Segment RGB uint8 images (H, W, 3), possibly of different sizes.
 
         ``output_size``: ``input`` gives labels at each image's size,
-        ``model`` at the resized (short side) size.
+        ``model`` at the resized (short side) size. Every result carries
+        the call's ``timings_ms`` (STAGES and ``total``).
         """
-        if output_size not in ("input", "model"):
-            raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
-        for i, image in enumerate(images):
-            self._check_image(i, image)
+        self._check_call(images, output_size)
         if not images:
             return []
         cfg = self.config
-        times = dict.fromkeys(STAGES, 0.0)
-        t_start = time.perf_counter()
+        self._timer.start()
+        with self._timer("preprocess", sync=False):
+            batch = self._upload(images)
+            groups = self._crop_groups(batch.resized)
+        # 4.1: in sliding-window mode the presence prior uses the whole image.
+        if cfg.slide_crop and not cfg.crop_global_vector:
+            batch.image_g = self._whole_image_vectors(batch.clip_full)  # (I, E)
+        canvas, image_r = self._accumulate(batch, groups, prompts)
+        with self._timer("postprocess"):
+            results = [self._labels(self._output_logits(canvas, batch, i, image, output_size),
+                                    image_r[i], prompts, return_probs)
+                       for i, image in enumerate(images)]
+        timings = self._timer.timings_ms()
+        for res in results:
+            res.timings_ms = dict(timings)
+        return results
 
-        # 2.1: 8-bit resize; 5.2: crops of the resized images.
-        resized = [resize_short_side(img, cfg.short_side) for img in images]
-        crops: list[_Crop] = []
+    def _upload(self, images: Sequence[np.ndarray]) -> _Batch:
+        """2.1: the 8-bit short-side resize; the resized images are uploaded
+        once and normalised for CLIP on the device."""
+        resized = [resize_short_side(img, self.config.short_side) for img in images]
+        pixels = [torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)
+                  for img in resized]  # (3, H, W) uint8 each
+        clip_full = [normalize(x, CLIP_MEAN, CLIP_STD) for x in pixels]
+        sizes = [img.shape[0] * img.shape[1] for img in resized]
+        return _Batch(resized, pixels, clip_full, np.concatenate([[0], np.cumsum(sizes)]))
+
+    def _crop_groups(self, resized: list[np.ndarray]) -> dict[tuple[int, int], list[_Crop]]:
+        """5.2: the crops of every resized image (one per image in
+        whole-image mode), grouped by size so that each group is one batch."""
+        cfg = self.config
+        groups: dict[tuple[int, int], list[_Crop]] = defaultdict(list)
         for i, img in enumerate(resized):
             h, w = img.shape[:2]
             boxes = [(0, h, 0, w)] if not cfg.slide_crop else slide_windows(h, w, cfg.slide_crop,
                                                                              cfg.slide_stride)
-            crops.extend(_Crop(i, box) for box in boxes)
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for n, crop in enumerate(crops):
-            y0, y1, x0, x1 = crop.box
-            groups[(y1 - y0, x1 - x0)].append(n)
-        # Upload the 8-bit images once; normalise on the device.
-        pixels = [torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)
-                  for img in resized]  # (3, H, W) uint8 each
-        clip_full = [normalize(x, CLIP_MEAN, CLIP_STD) for x in pixels]
-        times["preprocess"] += time.perf_counter() - t_start
+            for box in boxes:
+                groups[(box[1] - box[0], box[3] - box[2])].append(_Crop(i, box))
+        return groups
 
-        # 4.1: in sliding-window mode the presence prior uses the whole image.
-        image_g: torch.Tensor | None = None
-        if cfg.slide_crop and not cfg.crop_global_vector:
-            image_g = self._whole_image_vectors(clip_full, times)  # (I, E)
-
+    def _accumulate(self, batch: _Batch, groups: dict[tuple[int, int], list[_Crop]],
+                    prompts: PreparedPrompts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every crop through the model, its logits averaged into the canvas
+        (5.1, 5.2): canvas (C, sum HW) over names, and the reported presence
+        (I, C): each image's prior, or with the Cityscapes rule (4.1) the max
+        over its crops' own priors."""
         # All resized images share one flat canvas; each crop's pixels are
-        # summed in with one index_add (5.2), then divided by the coverage.
-        sizes = [img.shape[0] * img.shape[1] for img in resized]
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        canvas = torch.zeros(len(prompts.names), int(offsets[-1]), device=self.device)  # (C, sum HW)
-        coverage = torch.zeros(int(offsets[-1]), device=self.device)
-        # Reported presence: each image's prior (with the Cityscapes rule, the
-        # max over its crops' own priors).
-        image_r = torch.full((len(images), len(prompts.names)), float("-inf"), device=self.device)
-        for (ch, cw), members in groups.items():
-            group = [crops[n] for n in members]
-            logits, r = self._forward_crops(group, pixels, resized, clip_full, image_g, prompts, times)
-            t0 = time.perf_counter()
-            logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)
-            index = self._crop_index(group, resized, offsets, (ch, cw))  # (B * ch * cw,)
-            canvas.index_add_(1, index, logits.permute(1, 0, 2, 3).reshape(logits.shape[1], -1))
-            coverage.index_add_(0, index, torch.ones_like(index, dtype=coverage.dtype))
-            owner = torch.tensor([c.image for c in group], device=self.device)
-            image_r.scatter_reduce_(0, owner[:, None].expand_as(r), r, reduce="amax")
-            self._sync()
-            times["postprocess"] += time.perf_counter() - t0
+        # summed in with one index_add, then divided by the coverage.
+        n_names, n_pixels = len(prompts.names), int(batch.offsets[-1])
+        canvas = torch.zeros(n_names, n_pixels, device=self.device)
+        coverage = torch.zeros(n_pixels, device=self.device)
+        image_r = torch.full((len(batch.resized), n_names), float("-inf"), device=self.device)
+        for (ch, cw), group in groups.items():
+            logits, r = self._forward_crops(group, batch, prompts)
+            with self._timer("postprocess"):
+                logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)
+                index = self._crop_index(group, batch.resized, batch.offsets, (ch, cw))
+                canvas.index_add_(1, index, logits.permute(1, 0, 2, 3).reshape(logits.shape[1], -1))
+                coverage.index_add_(0, index, torch.ones_like(index, dtype=coverage.dtype))
+                owner = torch.tensor([c.image for c in group], device=self.device)
+                image_r.scatter_reduce_(0, owner[:, None].expand_as(r), r, reduce="amax")
         canvas /= coverage
+        return canvas, image_r
 
-        t0 = time.perf_counter()
-        results = []
-        for i, image in enumerate(images):
-            hr, wr = resized[i].shape[:2]
-            logits = canvas[:, offsets[i]:offsets[i + 1]].reshape(-1, hr, wr)  # (C, Hr, Wr)
-            size = image.shape[:2] if output_size == "input" else resized[i].shape[:2]
-            if tuple(size) != tuple(logits.shape[-2:]):
-                logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear",
-                                       align_corners=False)[0]
-            results.append(self._labels(logits, image_r[i], prompts, return_probs))
-        self._sync()
-        times["postprocess"] += time.perf_counter() - t0
-        total = time.perf_counter() - t_start
-        timings = {k: round(v * 1000.0, 3) for k, v in times.items()}
-        timings["total"] = round(total * 1000.0, 3)
-        for res in results:
-            res.timings_ms = dict(timings)
-        return results
+    @staticmethod
+    def _output_logits(canvas: torch.Tensor, batch: _Batch, i: int, image: np.ndarray,
+                       output_size: str) -> torch.Tensor:
+        """Image ``i``'s logits (C, H, W) at the output size (5.3)."""
+        hr, wr = batch.resized[i].shape[:2]
+        logits = canvas[:, batch.offsets[i]:batch.offsets[i + 1]].reshape(-1, hr, wr)
+        size = image.shape[:2] if output_size == "input" else (hr, wr)
+        if tuple(size) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear",
+                                   align_corners=False)[0]
+        return logits
 
     def _crop_index(self, group: list[_Crop], resized: list[np.ndarray], offsets: np.ndarray,
                     size: tuple[int, int]) -> torch.Tensor:
@@ -295,73 +320,60 @@ class Segmenter:
                 + starts[:, 1, None, None] + xs)
         return torch.from_numpy(flat.reshape(-1)).to(self.device)
 
-    def _whole_image_vectors(self, clip_full: list[torch.Tensor], times: dict[str, float]
-                             ) -> torch.Tensor:
+    def _whole_image_vectors(self, clip_full: list[torch.Tensor]) -> torch.Tensor:
         """One plain CLIP pass per image (images of equal size batched): (I, E)."""
-        t0 = time.perf_counter()
         out: list[torch.Tensor | None] = [None] * len(clip_full)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, x in enumerate(clip_full):
-            by_size[tuple(x.shape[-2:])].append(i)
-        for members in by_size.values():
-            batch = torch.stack([clip_full[i] for i in members])
-            with self._autocast():
-                g = self.clip.encode_image(batch).float()
-            for j, i in enumerate(members):
-                out[i] = g[j]
-        self._sync()
-        times["clip"] += time.perf_counter() - t0
+        with self._timer("clip"):
+            for i, x in enumerate(clip_full):
+                by_size[tuple(x.shape[-2:])].append(i)
+            for members in by_size.values():
+                batch = torch.stack([clip_full[i] for i in members])
+                with self._autocast():
+                    g = self.clip.encode_image(batch).float()
+                for j, i in enumerate(members):
+                    out[i] = g[j]
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def _forward_crops(self, crops: list[_Crop], pixels: list[torch.Tensor], resized: list[np.ndarray],
-                       clip_full: list[torch.Tensor], image_g: torch.Tensor | None,
-                       prompts: PreparedPrompts, times: dict[str, float]
+    def _forward_crops(self, crops: list[_Crop], batch: _Batch, prompts: PreparedPrompts
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Crops of one size -> logits (B, C, gh, gw) and presence similarity r (B, C)."""
-        cfg = self.config
-        t0 = time.perf_counter()
-        clip_in = torch.stack([clip_full[c.image][:, c.box[0]:c.box[1], c.box[2]:c.box[3]]
-                               for c in crops])  # (B, 3, ch, cw)
-        need_dino = cfg.attention != "vanilla"
-        if need_dino:
-            dino_in = torch.stack([self._dino_crop(c, pixels, resized) for c in crops])
-        times["preprocess"] += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        with self._autocast():
-            x, grid = self.clip.tokens_before_last(clip_in)
-            g_crop = self.clip.global_vector(x).float() if image_g is None else None
+        need_dino = self.config.attention != "vanilla"
+        with self._timer("preprocess", sync=False):
+            clip_in = torch.stack([batch.clip_full[c.image][:, c.box[0]:c.box[1], c.box[2]:c.box[3]]
+                                   for c in crops])  # (B, 3, ch, cw)
+            if need_dino:
+                dino_in = torch.stack([self._dino_crop(c, batch.pixels, batch.resized)
+                                       for c in crops])
+        with self._timer("clip"), self._autocast():
+            x, grid = self.clip.tokens_before_last(clip_in)                       # 3.2
+            g_crop = self.clip.global_vector(x).float() if batch.image_g is None else None  # 3.1
             q, k, v = self.clip.last_qkv(x)
-        self._sync()
-        times["clip"] += time.perf_counter() - t0
-
         kd = None
         if need_dino:
-            t0 = time.perf_counter()
-            with self._autocast():
-                keys_dino, dino_grid = self.dino.last_keys(dino_in)
-            kd = resize_dino_keys(keys_dino.float(), dino_grid, grid)
-            self._sync()
-            times["dino"] += time.perf_counter() - t0
+            with self._timer("dino"):
+                with self._autocast():
+                    keys_dino, dino_grid = self.dino.last_keys(dino_in)
+                kd = resize_dino_keys(keys_dino.float(), dino_grid, grid)         # 3.3
+        with self._timer("spectral"):
+            heads, _ = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
+                                      prior=self._prior(grid) if need_dino else None)
+        with self._timer("head"):
+            g = g_crop if g_crop is not None else batch.image_g[[c.image for c in crops]]
+            return self._head(heads, g, grid, prompts)
 
-        t0 = time.perf_counter()
-        heads, _ = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
-                                  prior=self._prior(grid) if need_dino else None)
-        self._sync()
-        times["spectral"] += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
+    def _head(self, heads: torch.Tensor, g: torch.Tensor, grid: tuple[int, int],
+              prompts: PreparedPrompts) -> tuple[torch.Tensor, torch.Tensor]:
+        """3.9 and 4: per-head outputs -> patch embeddings P, the presence
+        similarity r (B, C) and the patch logits (B, C, gh, gw)."""
+        cfg = self.config
         with self._autocast():
             patches = self.clip.reduced_output(heads)  # P (B, N, E)
         patches = patches.float()
-        g = g_crop if g_crop is not None else image_g[[c.image for c in crops]]
         r = presence_similarity(g, prompts.text)  # (B, C)
         t = adjust_text(patches, prompts.text, r, prompts.cluster_onehot, cfg.mean_vector_weight)
         logits = patch_logits(patches, t, r, cfg.global_semantics_weight)  # (B, N, C)
-        logits = logits.transpose(1, 2).reshape(len(crops), -1, *grid)
-        self._sync()
-        times["head"] += time.perf_counter() - t0
-        return logits, r
+        return logits.transpose(1, 2).reshape(patches.shape[0], -1, *grid), r
 
     def _dino_crop(self, crop: _Crop, pixels: list[torch.Tensor], resized: list[np.ndarray]
                    ) -> torch.Tensor:

@@ -16,8 +16,9 @@ from cass_ros.core.config import MODEL, ConfigError, build_config, group_names
 from cass_ros.core.models import WeightsError
 from cass_ros.core.prompts import PromptError, PromptSet, build_prompt_set, prompt_set_from_settings
 from cass_ros.core.result import SegmentationResult, label_statistics
-from cass_ros.core.segmenter import (MODEL_SETTINGS, PreparedPrompts, Segmenter, resolve_device,
-                                     resolve_precision)
+from cass_ros.core.segmenter import (MODEL_SETTINGS, STAGES, PreparedPrompts, Segmenter,
+                                     resolve_device, resolve_precision)
+from cass_ros.core.timing import StageTimer
 from cass_ros.core.text import cluster_names
 from cass_ros.core.visualize import overlay, palette
 
@@ -502,3 +503,51 @@ def test_with_config_refuses_every_setting_of_the_model_group(whole):
     # every other setting is the algorithm's or the prompts': accepted
     other = whole.with_config(whole.config.replace(preset="voc20", k_eigen=3, prompts=["cat"]))
     assert other.params.k_eigen == 3 and other.models is whole.models
+
+
+# ------------------------------------------------------------------ stage timing
+
+
+@pytest.mark.parametrize("settings", [{}, SLIDE, dict(SLIDE, crop_global_vector=True),
+                                      dict(attention="vanilla")])
+def test_timings_report_every_stage(make, prompts_bg, settings):
+    seg = make(**settings)
+    results = seg.segment([image(40, 72, 1), image(64, 64, 2)], prompts_bg)
+    timings = results[0].timings_ms
+    assert list(timings) == [*STAGES, "total"]
+    assert all(r.timings_ms == timings and r.timings_ms is not timings for r in results[1:])
+    assert all(v >= 0 for v in timings.values())
+    assert timings["total"] >= sum(timings[s] for s in STAGES) - 0.01  # stages do not overlap
+    for stage in ("preprocess", "clip", "spectral", "head", "postprocess"):
+        assert timings[stage] > 0, stage
+    # vanilla attention has no DINO pass
+    assert (timings["dino"] == 0) == (seg.config.attention == "vanilla")
+    # each call starts from zero: a smaller call's stages fit in its own total
+    again = seg.segment([image(20, 20, 1)], prompts_bg)[0].timings_ms
+    assert sum(again[s] for s in STAGES) <= again["total"] + 0.01
+
+
+def test_stage_timer_adds_up_syncs_and_restarts():
+    synced = []
+    timer = StageTimer(("a", "b"), sync=lambda: synced.append(1))
+    timer.start()
+    with timer("a"):
+        sum(range(10000))
+    with timer("a", sync=False):
+        pass
+    with timer("b"):
+        pass
+    first = timer.timings_ms()
+    assert list(first) == ["a", "b", "total"] and first["a"] > 0
+    assert first["total"] >= first["a"] + first["b"] - 0.01
+    assert synced == [1, 1]  # once per synced stage, never for sync=False
+    with pytest.raises(KeyError, match="unknown stage 'c'"), timer("c"):
+        pass
+    timer.start()
+    assert timer.timings_ms()["a"] == 0.0
+    assert StageTimer(("a",)).timings_ms()["a"] == 0.0  # no sync on the CPU: nothing to call
+
+
+def test_with_config_has_its_own_timer(whole):
+    other = whole.with_config(whole.config.replace(k_eigen=3))
+    assert other._timer is not whole._timer
