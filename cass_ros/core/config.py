@@ -217,7 +217,7 @@ class CassConfig:
                f"must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         _check(self.preset == "" or self.preset in PRESETS, "preset",
                f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
-        parse_device(self.device)
+        parse_device(self.device)  # the grammar only; resolve_device asks torch
         for name in ("clip_model", "clip_weights", "dino_model", "dino_weights"):
             _check(bool(getattr(self, name)), name, "must not be empty")
         return self
