@@ -1,12 +1,35 @@
 # The two commands of the README: `make demo` and `make test`.
 # Everything else here is set-up they share: a pinned virtual environment
-# in .venv and a colcon build of the package (messages + Python) in install/.
+# and a colcon build of the package (messages + Python) per ROS distribution:
+#   kilted (default): .venv from requirements.lock, build/ and install/
+#   jazzy (the LTS):  .venv-jazzy from requirements-jazzy.lock, build-jazzy/
+#                     and install-jazzy/
+# `make test` runs every test on Kilted, then the ROS-facing ones (test/ros,
+# test/bag, test/cli) on Jazzy; `make test DISTROS=kilted` skips Jazzy.
 SHELL := /bin/bash
 PYTHON ?= python3
+DISTRO ?= kilted
+DISTROS ?= kilted jazzy
+
+ifeq ($(DISTRO),jazzy)
+VENV := $(CURDIR)/.venv-jazzy
+LOCK := requirements-jazzy.lock
+BUILD_BASE := build-jazzy
+INSTALL_BASE := install-jazzy
+TEST_PATHS := test/ros test/bag test/cli
+else ifeq ($(DISTRO),kilted)
 VENV := $(CURDIR)/.venv
+LOCK := requirements.lock
+BUILD_BASE := build
+INSTALL_BASE := install
+TEST_PATHS := test
+else
+$(error DISTRO must be kilted or jazzy, not '$(DISTRO)')
+endif
+
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cass_ros_installed
-BUILD_STAMP := install/cass_ros/share/cass_ros/package.xml
+BUILD_STAMP := $(INSTALL_BASE)/cass_ros/share/cass_ros/package.xml
 # The upstream ROS tools that have no PyPI wheel (launch, launch_ros,
 # launch_pytest, ros2cli, vision_msgs ...: see their README). On a robot they
 # come with the ROS install; here they are used from this folder when it
@@ -18,20 +41,21 @@ ROS_TOOL_WHEELS := launch launch_xml launch_yaml launch_ros launch_pytest launch
 	launch_testing_ros ros2launch ros2cli ros2run ros2pkg ros2topic ros2node ros2param \
 	ros2service ros2interface rosidl_runtime_py
 # rclpy needs no AMENT_PREFIX_PATH, but ament_index and colcon do.
-ROS_ENV := export AMENT_PREFIX_PATH=$(VENV) && source install/setup.bash
+ROS_ENV := export AMENT_PREFIX_PATH=$(VENV) && source $(INSTALL_BASE)/setup.bash
 PYTEST_FLAGS ?= -q -rs
 DEMO_OUT ?= $(CURDIR)/demo_output
 COLCON_BASES := . $(if $(ROS_TOOLS),$(ROS_TOOLS)/src)
+LINT_PATHS := cass_ros test benchmarks scripts tools launch
 
-.PHONY: all venv ros-tools build test demo lint clean
+.PHONY: all venv ros-tools build test check demo lint clean
 
 all: build
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock tools/fix_ros_wheels.py
+$(STAMP): $(LOCK) tools/fix_ros_wheels.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(PY) -m pip install --disable-pip-version-check -q -r $(LOCK)
 	# The ROS wheels hard-code the build machine's Python paths in their CMake exports.
 	$(PY) tools/fix_ros_wheels.py
 	# The ROS wheels ship package.xml files: keep colcon from finding them.
@@ -57,19 +81,24 @@ $(BUILD_STAMP): $(STAMP) $(if $(ROS_TOOLS),$(ROS_TOOLS_STAMP)) package.xml CMake
 		$(wildcard msg/*.msg) $(shell find cass_ros -name '*.py' -o -name '*.txt') \
 		$(wildcard launch/* config/* scripts/*)
 	AMENT_PREFIX_PATH=$(VENV) $(VENV)/bin/colcon --log-base log build \
+		--build-base $(BUILD_BASE) --install-base $(INSTALL_BASE) \
 		--base-paths $(COLCON_BASES) --event-handlers console_cohesion- summary+ \
 		--cmake-args -DBUILD_TESTING=OFF
 	touch $@
 
-test: build
-	$(VENV)/bin/ruff check cass_ros test benchmarks scripts tools launch
-	$(ROS_ENV) && $(VENV)/bin/pytest $(PYTEST_FLAGS) test
+# One distribution: build and run its tests.
+check: build
+	$(ROS_ENV) && $(VENV)/bin/pytest $(PYTEST_FLAGS) $(TEST_PATHS)
+
+test:
+	$(MAKE) lint DISTRO=kilted
+	set -e; for d in $(DISTROS); do echo "=== ROS 2 $$d"; $(MAKE) check DISTRO=$$d; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cass_ros test benchmarks scripts tools launch
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 
 demo: build
 	$(ROS_ENV) && $(PY) tools/run_demo.py --out $(DEMO_OUT)
 
 clean:
-	rm -rf build install log $(DEMO_OUT)
+	rm -rf build install build-jazzy install-jazzy log $(DEMO_OUT)
