@@ -166,6 +166,28 @@ def test_an_mcap_cut_in_its_summary_keeps_every_message(tmp_path, small_bag):
         assert len(_by_topic(bag)[RAW]) == small_bag.frames
 
 
+def test_a_split_recording_without_metadata_is_read_in_order(tmp_path, small_bag):
+    """rosbag2 splits a long recording (name_0.mcap, name_1.mcap, ...); a
+    crash leaves no metadata.yaml and the last file cut short."""
+    frames = _raw_frames(small_bag.path)
+    split = tmp_path / "split"
+    split.mkdir()
+    for name, part in (("rec_9", frames[:3]), ("rec_10", frames[3:])):  # 9 before 10
+        _write_frames(tmp_path / name, part)
+        (tmp_path / name / f"{name}.mcap").rename(split / f"{name}.mcap")
+    last = split / "rec_10.mcap"
+    with open(last, "r+b") as f:
+        f.truncate(int(last.stat().st_size * 0.8))
+    with bag_io.open_input_bag(split) as bag:
+        got = _by_topic(bag)[RAW]
+        (conn,) = [c for c in bag.connections if c.topic == RAW]
+        assert conn.msgcount == len(got)
+        assert bag.notes == [f"{split} has no metadata.yaml: read rec_9.mcap, rec_10.mcap "
+                             "directly"]
+        assert len(bag.cut_short) == 1 and bag.cut_short[0].startswith("rec_10.mcap: cut short")
+    assert 3 < len(got) < len(frames) and got == frames[: len(got)]
+
+
 def test_cass_bag_segments_what_a_crash_left(tmp_path, small_bag, bag_params_file, capsys):
     """cass_bag on a truncated bag without metadata.yaml: one line says what
     was recovered; the recovered frames come out as from the whole bag."""
@@ -201,12 +223,17 @@ def test_the_report_counts_what_was_recovered(tmp_path, small_bag, bag_params_fi
 # ---------------------------------------------------------------- prompts in the bag
 
 
-def _bag_with_prompts(path: Path, source: Path, prompts: dict[int, list[str]]) -> Path:
-    """The raw frames of ``source`` with /cass/prompts messages just before
-    frame i (prompts[i], in that order)."""
-    ts = bag_io.make_typestore()
+def _raw_frames(source: Path) -> list[tuple[int, bytes]]:
     with bag_io.open_input_bag(source) as src:
-        frames = _by_topic(src)[RAW]
+        return _by_topic(src)[RAW]
+
+
+def _write_frames(path: Path, frames: list[tuple[int, bytes]],
+                  prompts: dict[int, list[str]] | None = None) -> Path:
+    """A bag of raw frames (bag time, CDR) with /cass/prompts messages just
+    before frame i (prompts[i], in that order)."""
+    prompts = prompts or {}
+    ts = bag_io.make_typestore()
     writer = bag_io.open_writer(path)
     try:
         images = writer.add_connection(RAW, bag_io.IMAGE, typestore=ts)
@@ -229,7 +256,7 @@ def test_bag_prompts_are_checked_numbered_and_repeats_ignored(tmp_path, small_ba
     rejected like an unparsable one; a repeat of the set last asked for is
     ignored; prompt_id counts accepted sets only, with no gap."""
     initial = ", ".join(sample_bag_module.INITIAL_PROMPTS)
-    bag = _bag_with_prompts(tmp_path / "in", small_bag.path, {
+    bag = _write_frames(tmp_path / "in", _raw_frames(small_bag.path), {
         1: [initial],                                # the starting set again: ignored
         2: ["car, tr\x1bee", "car, " + "x" * 201],   # control character, > 200 characters
         3: ["car, sun"],                             # prompt_id 2
