@@ -300,6 +300,10 @@ def _why_not_a_bag(path: Path, error: BaseException) -> str:
     if path.is_dir():
         if (path / "metadata.yaml").exists():
             return _one_line(error)  # rosbags says what is wrong with the metadata
+        inner = sorted(p.name for p in path.iterdir() if (p / "metadata.yaml").is_file())
+        if inner:  # the folder of the recordings instead of one of them
+            return (f"not a rosbag2 directory, but it holds the bag(s) {', '.join(inner[:3])}"
+                    f"{', ...' if len(inner) > 3 else ''}: pass one of them")
         held = f"it holds {len(list(path.iterdir()))} other file(s)" if any(path.iterdir()) \
             else "it is empty"
         return f"not a rosbag2 directory: no metadata.yaml and no .mcap or .db3 file ({held})"

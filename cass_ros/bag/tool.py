@@ -74,6 +74,8 @@ class BagToolOptions:
 
 @dataclass
 class BagToolReport:
+    """What a run did (cass_ros.cli.bag prints it)."""
+
     frames_in: int = 0
     frames_out: int = 0
     frames_bad: int = 0            # could not be decoded
@@ -221,15 +223,15 @@ def _plan(bag: bag_io.InputBag, settings: _Settings, opts: BagToolOptions) -> _P
     if settings.initial is None and not sum(c.msgcount for c in prompts):
         raise ConfigError(f"{settings.no_prompt_reason} (and the bag has no "
                           f"{bag_io.PROMPTS_TOPIC} message)")
-    for s in streams.values():
-        log.info("segmenting %s (%s) as camera '%s'", s.topic, s.msgtype.rsplit("/", 1)[-1],
-                 s.camera)
     frames = sum(c.msgcount for c in bag.connections if c.topic in streams)
     for note in bag.notes:
         log.warning("%s", note)
     if bag.cut_short:
         log.warning("input bag is truncated: recovered %d messages (%d frames); %s",
                     bag.message_count, frames, "; ".join(bag.cut_short))
+    for s in streams.values():
+        log.info("segmenting %s (%s) as camera '%s'", s.topic, s.msgtype.rsplit("/", 1)[-1],
+                 s.camera)
     return _Plan(streams, {c.id for c in prompts}, frames)
 
 

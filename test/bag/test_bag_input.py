@@ -81,6 +81,8 @@ def _not_bags(tmp: Path, small_bag) -> dict[str, tuple[Path, str]]:
                                            ".mcap or .db3 file, not .bin"),
         "random .mcap": (tmp / "noise.mcap", "not an MCAP file"),
         "random .db3": (tmp / "noise.db3", "file is not a database"),
+        "folder of bags": (small_bag.path.parent, "not a rosbag2 directory, but it holds the "
+                                                  "bag(s) bag: pass one of them"),
         "cut before any message": (_copy_cut(small_bag.path, tmp / "stub", 0.02).parent,
                                    "no message is intact in it (bag.mcap: cut short at byte"),
     }
