@@ -20,11 +20,13 @@ bytes and rosbags' are the same, so messages pass through unchanged.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import logging
 import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -34,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rosbags.interfaces import Connection, QosDurability, QosReliability
+from rosbags.rosbag2 import Reader
+from tqdm import tqdm
+
 from cass_ros.bag import io as bag_io
+
+# rclpy is imported where a player runs, not here: NodeProcess, Recording
+# (and writing it as a bag) and header_stamp work without a ROS install.
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +139,8 @@ class NodeProcess:
 def _die_with_parent() -> None:
     """In the child: end with the parent (Linux PR_SET_PDEATHSIG), so a
     killed test run or demo leaves no node behind."""
-    try:
-        import ctypes
-
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _param_text(value: Any) -> str:
@@ -187,9 +192,6 @@ class Recording:
         ts = bag_io.make_typestore()
         return [ts.deserialize_cdr(r.data, r.msgtype) for r in self.received if r.topic == topic]
 
-    def topics(self) -> dict[str, str]:
-        return {r.topic: r.msgtype for r in self.received}
-
     def write_bag(self, path: str | os.PathLike, storage: str = "mcap",
                   overwrite: bool = False, bag_times: dict[int, int] | None = None) -> Path:
         """The recording as a rosbag2. ``bag_times`` maps header stamps to bag
@@ -236,11 +238,9 @@ def _rclpy_qos(reliable: bool = True, transient_local: bool = False, depth: int 
         else DurabilityPolicy.VOLATILE)
 
 
-def _qos_from_bag(conn: Any) -> Any:
+def _qos_from_bag(conn: Connection) -> Any:
     """The publisher QoS of a bag topic: what was offered when it was
     recorded (as ros2 bag play does), reliable volatile when unknown."""
-    from rosbags.interfaces import QosDurability, QosReliability
-
     profiles = list(getattr(conn.ext, "offered_qos_profiles", []) or [])
     if not profiles:
         return _rclpy_qos()
@@ -338,9 +338,6 @@ class BagPlayer:
                 self._cond.wait(min(left, 0.2))
         return True
 
-    def class_tables(self) -> list[Any]:
-        return self.recording.messages(bag_io.CLASSES_TOPIC)
-
     def wait_ready(self, node: NodeProcess | None, input_topics: Sequence[str],
                    timeout: float = 120.0) -> None:
         """Until the node has announced its classes, its publishers match our
@@ -383,8 +380,6 @@ class BagPlayer:
                   remap: dict[str, str] | None = None) -> list[str]:
         """Create the publishers for a bag's topics (before ``wait_ready``);
         returns the topic names as published."""
-        from rosbags.rosbag2 import Reader
-
         remap = remap or {}
         with Reader(Path(bag)) as reader:
             conns = _select(reader.connections, topics)
@@ -405,9 +400,6 @@ class BagPlayer:
         its stamp (``frame_timeout``); after each /cass/prompts message,
         wait for the ClassTable it causes (``prompt_timeout``).
         """
-        from rosbags.rosbag2 import Reader
-        from tqdm import tqdm
-
         ts = bag_io.make_typestore()
         remap = remap or {}
         fast = rate <= 0 or math.isinf(rate)
@@ -488,7 +480,8 @@ class BagPlayer:
             time.sleep(0.05)
 
 
-def _select(connections: Sequence[Any], topics: Sequence[str] | None) -> list[Any]:
+def _select(connections: Sequence[Connection], topics: Sequence[str] | None
+            ) -> list[Connection]:
     if not topics:
         return list(connections)
     have = {c.topic for c in connections}
@@ -503,8 +496,6 @@ def header_stamp(data: bytes) -> int | None:
     """The header stamp of a serialized message that starts with a
     std_msgs/Header (Image, ObjectPresenceArray): the first field after
     the 4-byte encapsulation header; data[1] is 1 for little endian."""
-    import struct
-
     if len(data) < 12:
         return None
     sec, nsec = struct.unpack_from("<iI" if data[1] == 1 else ">iI", data, 4)

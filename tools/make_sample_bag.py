@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 # From a checkout without an install tree, use the source tree's cass_ros;
@@ -70,8 +71,6 @@ class SampleInfo:
 def render_frame(i: int, rng: np.random.Generator) -> np.ndarray:
     """Frame ``i`` as (480, 640, 3) uint8 BGR: sky, grass, a road, a house, a
     tree, a stop sign, a sun, drifting clouds and a car driving across."""
-    import cv2
-
     img = np.empty((HEIGHT, WIDTH, 3), np.uint8)
     horizon = 260
     # Sky: a vertical gradient from deep to pale blue (BGR).
@@ -149,8 +148,6 @@ def camera_info_msg(ts, header):
 def write_sample_bag(out: str | Path, storage: str = "mcap", frames: int = 20,
                      overwrite: bool = False, jpeg_quality: int = 90) -> SampleInfo:
     """Write the sample bag to directory ``out``; return what is in it."""
-    import cv2
-
     out = bag_io.prepare_output_path(out, overwrite)
     ts = bag_io.make_typestore()
     rng = np.random.default_rng(20240610)

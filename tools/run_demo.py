@@ -37,6 +37,8 @@ sys.path.insert(0, str(REPO / "tools"))
 import make_sample_bag  # noqa: E402
 
 import bag_player  # noqa: E402
+from rosbags.rosbag2 import Reader  # noqa: E402
+
 from cass_ros.bag import io as bag_io  # noqa: E402
 
 log = logging.getLogger("run_demo")
@@ -98,8 +100,6 @@ def connect(node: bag_player.NodeProcess, bag: Path, topics: list[str], domain: 
 
 def write_results(rec: bag_player.Recording, bag: Path, out: Path) -> dict[str, Any]:
     """Output bag, overlays and summaries from what the node published."""
-    from rosbags.rosbag2 import Reader
-
     ts = bag_io.make_typestore()
     bag_times: dict[int, int] = {}
     frames: list[int] = []
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             random_reason = "--weights random"
         if player is None:
+            # imports torch: only for this fallback (the node, a subprocess,
+            # does the segmenting; the demo itself needs no torch)
             from cass_ros.core.models import save_tiny_random_checkpoints
 
             clip, dino = save_tiny_random_checkpoints(out / "weights", seed=0)
@@ -246,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bag_topics(path: Path) -> set[str]:
-    from rosbags.rosbag2 import Reader
-
     with Reader(path) as reader:
         return {c.topic for c in reader.connections}
 

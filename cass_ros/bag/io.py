@@ -14,21 +14,33 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
+import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import cache
+from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, BinaryIO
 
+import apsw
+import cv2
 import numpy as np
+from rosbags.interfaces import (Connection, Qos, QosDurability, QosHistory, QosLiveliness,
+                                QosReliability, QosTime)
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import McapReader, read_sized, read_string
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
 
-if TYPE_CHECKING:
-    from rosbags.rosbag2 import Writer
-    from rosbags.typesys.store import Typestore
+from ..ros import image_conversion
+from ..ros.messages import class_table_fields, labels_from_msg, objects_fields
 
-    from ..core.prompts import PromptSet
-    from ..core.result import SegmentationResult
+from ..core.prompts import PromptSet
+from ..core.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +79,7 @@ def find_msg_dir() -> Path:
     candidates: list[Path] = []
     if os.environ.get("CASS_ROS_MSG_DIR"):
         candidates.append(Path(os.environ["CASS_ROS_MSG_DIR"]))
-    here = Path(__file__).resolve().parent
-    candidates.append(here.parent / "msg")
+    candidates.append(Path(__file__).resolve().parents[2] / "msg")  # <repo>/cass_ros/bag/io.py
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         if prefix:
             candidates.append(Path(prefix) / "share" / "cass_ros" / "msg")
@@ -81,17 +92,15 @@ def find_msg_dir() -> Path:
 
 
 @cache
-def make_typestore(msg_dir: str | None = None) -> "Typestore":
+def make_typestore() -> Typestore:
     """A ROS 2 Kilted typestore with the cass_ros messages registered.
 
     Kilted's standard definitions are the same as Jazzy's and Humble's for
     every type used here (Header, Image, CompressedImage, String,
     RegionOfInterest), so bags written with it play on those too.
     """
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
     store = get_typestore(Stores.ROS2_KILTED)
-    directory = Path(msg_dir) if msg_dir else find_msg_dir()
+    directory = find_msg_dir()
     types: dict[str, Any] = {}
     for name in CASS_MESSAGES:
         text = (directory / f"{name}.msg").read_text(encoding="utf-8")
@@ -100,12 +109,9 @@ def make_typestore(msg_dir: str | None = None) -> "Typestore":
     return store
 
 
-def qos_profile(reliable: bool = True, transient_local: bool = False, depth: int = 10) -> Any:
+def qos_profile(reliable: bool = True, transient_local: bool = False, depth: int = 10) -> Qos:
     """An offered-QoS entry for the bag metadata (``ros2 bag play`` uses it
     to republish latched topics such as /cass/classes as latched)."""
-    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
-                                    QosReliability, QosTime)
-
     zero = QosTime(0, 0)  # 0 = the middleware default (infinite)
     return Qos(
         history=QosHistory.KEEP_LAST,
@@ -138,10 +144,8 @@ def prepare_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def open_writer(path: str | os.PathLike, storage: str = "mcap") -> "Writer":
+def open_writer(path: str | os.PathLike, storage: str = "mcap") -> Writer:
     """An opened rosbag2 writer (format version 9, as Jazzy and Kilted write)."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
     if storage not in STORAGES:
         raise BagError(f"unknown storage {storage!r}; use one of {', '.join(STORAGES)}")
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
@@ -151,9 +155,251 @@ def open_writer(path: str | os.PathLike, storage: str = "mcap") -> "Writer":
 
 
 # ---------------------------------------------------------------------------
-# Message builders (rosbags dataclasses)
+# Reading: a bag directory, one storage file, or what a crash left of a bag
 
-def time_msg(ts: "Typestore", ns: int) -> Any:
+STORAGE_SUFFIXES = (".mcap", ".db3")
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+# MCAP opcodes: the records a data section may hold, and the two that end it.
+_MCAP_DATA_RECORDS = range(0x03, 0x0F)
+_MCAP_FOOTER, _MCAP_DATA_END = 0x02, 0x0F
+# rosbags' errors for a bag it cannot open, and apsw's for a .db3 that is
+# not a database (apsw.Error shares no base class with them).
+_OPEN_ERRORS = (ReaderError, OSError, ValueError, KeyError, apsw.Error)
+# A whole bag (rosbags' Reader), or one storage file read on its own.
+_Storage = Reader | McapReader | Sqlite3Reader
+
+
+@dataclass
+class InputBag:
+    """An opened input bag (docs/ros-interface.md, cass_bag): its
+    connections, one per topic and type, and its messages. ``cut_short``
+    names each storage file that ended early (a crash, a power loss); its
+    intact messages are all there is."""
+
+    path: Path
+    connections: list[Connection]
+    start_time: int
+    message_count: int
+    cut_short: list[str] = field(default_factory=list)   # "<file>: <where it ends>"
+    notes: list[str] = field(default_factory=list)       # how it had to be read
+    _storages: list[_Storage] = field(default_factory=list, repr=False)
+    _own: list[dict[int, Connection]] = field(default_factory=list, repr=False)
+
+    def messages(self, connections: Sequence[Connection]
+                 ) -> Iterator[tuple[Connection, int, bytes]]:
+        """(connection, bag time, CDR bytes) of ``connections``' messages, file
+        by file; in time order within an intact file, in the order written
+        within a cut-short one (its index is lost)."""
+        wanted = {c.id for c in connections}
+        for storage, own in zip(self._storages, self._own):
+            mine = [c for c in storage.connections if own[c.id].id in wanted]
+            if mine:
+                for conn, t_ns, raw in storage.messages(mine):
+                    yield own[conn.id], t_ns, raw
+
+    def close(self) -> None:
+        for storage in self._storages:
+            storage.close()
+        self._storages = []
+
+    def __enter__(self) -> InputBag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_input_bag(path: str | os.PathLike) -> InputBag:
+    """Open a rosbag2 directory or one of its .mcap / .db3 files for reading.
+
+    A directory whose metadata.yaml is missing or unreadable (a recording
+    that was never closed) is read from its storage files; an .mcap file cut
+    short, without its summary and footer, from its intact records. Anything
+    else that is not a readable bag raises BagError with one line saying why.
+    """
+    path = Path(path)
+    try:
+        reader = Reader(path)
+        reader.open()
+    except _OPEN_ERRORS as e:
+        first_error: BaseException = e
+    else:
+        return _input_bag(path, [reader], reader.message_count)
+    files = _storage_files(path)
+    if not files:
+        raise BagError(f"cannot read bag {path}: {_why_not_a_bag(path, first_error)}")
+    storages, cut_short = _open_storage_files(path, files)
+    bag = _input_bag(path, storages, sum(s.metadata.message_count for s in storages))
+    bag.cut_short = cut_short
+    if path.is_dir():
+        names = ", ".join(f.name for f in files)
+        if not (path / "metadata.yaml").exists():
+            bag.notes.append(f"{path} has no metadata.yaml: read {names} directly")
+        elif not cut_short:  # else the storage, not the metadata, stopped rosbags
+            bag.notes.append(f"{path}/metadata.yaml cannot be used ({_one_line(first_error)}): "
+                             f"read {names} directly")
+    if cut_short and not bag.message_count:
+        bag.close()
+        raise BagError(f"cannot read bag {path}: no message is intact in it "
+                       f"({'; '.join(cut_short)})")
+    return bag
+
+
+def _open_storage_files(path: Path, files: list[Path]) -> tuple[list[_Storage], list[str]]:
+    """Opened storage readers of ``files`` and, per file cut short, where."""
+    storages: list[_Storage] = []
+    cut_short: list[str] = []
+    try:
+        for f in files:
+            storage, cut = _open_storage_file(f)
+            storages.append(storage)
+            if cut:
+                cut_short.append(f"{f.name}: {cut}")
+    except _OPEN_ERRORS as e:
+        for storage in storages:
+            storage.close()
+        where = "" if path.is_file() else f"{f.name}: "
+        raise BagError(f"cannot read bag {path}: {where}{_one_line(e)}") from None
+    return storages, cut_short
+
+
+def _input_bag(path: Path, storages: list[_Storage], message_count: int) -> InputBag:
+    """Storages' connections merged by (topic, type), as one bag."""
+    first: dict[tuple[str, str], Connection] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for storage in storages:
+        for c in storage.connections:
+            key = (c.topic, c.msgtype)
+            first.setdefault(key, c)
+            counts[key] = counts.get(key, 0) + c.msgcount
+    merged = {key: c._replace(id=i, msgcount=counts[key])
+              for i, (key, c) in enumerate(first.items(), start=1)}
+    own = [{c.id: merged[(c.topic, c.msgtype)] for c in s.connections} for s in storages]
+    starts = [s.start_time if isinstance(s, Reader) else s.metadata.start_time for s in storages]
+    return InputBag(path, list(merged.values()), min(starts, default=2**63 - 1), message_count,
+                    _storages=storages, _own=own)
+
+
+def _storage_files(path: Path) -> list[Path]:
+    """The .mcap / .db3 files of a bag directory in recording order
+    (``name_2`` before ``name_10``), or the file itself."""
+    if path.is_file():
+        return [path] if path.suffix in STORAGE_SUFFIXES else []
+    if not path.is_dir():
+        return []
+
+    def order(p: Path) -> tuple[str, int]:
+        m = re.search(r"_(\d+)$", p.stem)
+        return (p.stem[: m.start()] if m else p.stem, int(m.group(1)) if m else -1)
+
+    return sorted((p for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES and p.is_file()),
+                  key=order)
+
+
+def _why_not_a_bag(path: Path, error: BaseException) -> str:
+    if path.is_dir():
+        if (path / "metadata.yaml").exists():
+            return _one_line(error)  # rosbags says what is wrong with the metadata
+        inner = sorted(p.name for p in path.iterdir() if (p / "metadata.yaml").is_file())
+        if inner:  # the folder of the recordings instead of one of them
+            return (f"not a rosbag2 directory, but it holds the bag(s) {', '.join(inner[:3])}"
+                    f"{', ...' if len(inner) > 3 else ''}: pass one of them")
+        held = f"it holds {len(list(path.iterdir()))} other file(s)" if any(path.iterdir()) \
+            else "it is empty"
+        return f"not a rosbag2 directory: no metadata.yaml and no .mcap or .db3 file ({held})"
+    return (f"not a rosbag2: expected a bag directory or an .mcap or .db3 file, "
+            f"not {path.suffix or 'a file without a suffix'}")
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error (a YAML error adds the offending lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _open_storage_file(path: Path) -> tuple[McapReader | Sqlite3Reader, str]:
+    """An opened rosbags storage reader of one file, and where it was cut
+    short ("" when it is whole). Raises ReaderError (or apsw.Error) when
+    nothing of it can be read."""
+    if path.suffix == ".db3":
+        db = Sqlite3Reader(path)
+        db.open()
+        return db, ""
+    whole = McapReader(path)
+    try:
+        whole.open()
+        return whole, ""
+    except ReaderError as e:
+        error = e
+    cut = CutMcapReader(path)
+    cut.open()
+    if not cut.cut_short:
+        cut.close()
+        raise error  # whole, yet rosbags cannot read it: not a truncation
+    return cut, cut.cut_short
+
+
+class CutMcapReader(McapReader):
+    """An MCAP file cut short: no summary, no footer, maybe half a record at
+    the end. rosbags reads an MCAP file without a summary by scanning it
+    (``meta_scan`` / ``messages_scan``) but first wants the footer; this
+    reader instead scans up to the last complete record. Messages come in
+    the order they were written, as recorded."""
+
+    cut_short = ""  # where the file ends, "" when it is whole
+
+    def _open(self) -> None:
+        bio = self.bio
+        assert bio is not None
+        if bio.read(8) != MCAP_MAGIC:
+            raise ReaderError("File magic is invalid (not an MCAP file).")
+        if bio.read(1) != b"\x01":
+            raise ReaderError("Unexpected record (no MCAP header).")
+        if read_string(BytesIO(read_sized(bio))) != "ros2":
+            raise ReaderError("Profile is not ros2.")
+        self.data_start = bio.tell()
+        self.data_end, self.cut_short = _intact_end(bio, self.data_start)
+        self.meta_scan()
+        stats = self.statistics
+        assert stats is not None
+        counts = stats.channel_message_counts
+        self.connections = [c._replace(msgcount=counts.get(c.id, 0)) for c in self.connections]
+        if stats.message_count:
+            self.metadata = self.metadata._replace(
+                duration=stats.end_time - stats.start_time + 1, start_time=stats.start_time,
+                end_time=stats.end_time + 1, message_count=stats.message_count)
+
+    def messages(self, connections: Sequence[Connection], start: int | None = None,
+                 stop: int | None = None) -> Iterator[tuple[Connection, int, bytes]]:
+        # Without the index nothing says a later chunk holds no earlier
+        # message: the file order it is (McapReader.messages would refuse
+        # the first message out of time order).
+        return self.messages_scan(connections, start, stop)
+
+
+def _intact_end(bio: BinaryIO, pos: int) -> tuple[int, str]:
+    """(end of the last complete data record, where the file was cut short:
+    "" when its data section ends properly)."""
+    size = bio.seek(0, os.SEEK_END)
+    while pos + 9 <= size:
+        bio.seek(pos)
+        op, length = struct.unpack("<BQ", bio.read(9))
+        if op in (_MCAP_DATA_END, _MCAP_FOOTER):  # the data section is whole
+            return pos, "" if _has_end_magic(bio) else "its summary section is cut short"
+        if op not in _MCAP_DATA_RECORDS or pos + 9 + length > size:
+            break  # half a record, or what a power loss leaves (zeros)
+        pos += 9 + length
+    return pos, f"cut short at byte {pos} of {size}"
+
+
+def _has_end_magic(bio: BinaryIO) -> bool:
+    bio.seek(-len(MCAP_MAGIC), os.SEEK_END)
+    return bio.read(len(MCAP_MAGIC)) == MCAP_MAGIC
+
+# ---------------------------------------------------------------------------
+# Message builders (the typestore makes their classes at run time, hence Any)
+
+def time_msg(ts: Typestore, ns: int) -> Any:
     Time = ts.types["builtin_interfaces/msg/Time"]
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
@@ -162,12 +408,12 @@ def stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def header_msg(ts: "Typestore", ns: int, frame_id: str) -> Any:
+def header_msg(ts: Typestore, ns: int, frame_id: str) -> Any:
     Header = ts.types["std_msgs/msg/Header"]
     return Header(stamp=time_msg(ts, ns), frame_id=frame_id)
 
 
-def image_msg(ts: "Typestore", header: Any, array: np.ndarray, encoding: str) -> Any:
+def image_msg(ts: Typestore, header: Any, array: np.ndarray, encoding: str) -> Any:
     """sensor_msgs/Image from an (H, W) or (H, W, C) array, native byte order."""
     arr = np.ascontiguousarray(array)
     h, w = arr.shape[:2]
@@ -180,7 +426,7 @@ def image_msg(ts: "Typestore", header: Any, array: np.ndarray, encoding: str) ->
     )
 
 
-def image_from_fields(ts: "Typestore", header: Any, fields: dict[str, Any]) -> Any:
+def image_from_fields(ts: Typestore, header: Any, fields: dict[str, Any]) -> Any:
     """sensor_msgs/Image from the field dictionaries of cass_ros.ros.image_conversion."""
     Image = ts.types[IMAGE]
     return Image(header=header, height=int(fields["height"]), width=int(fields["width"]),
@@ -188,26 +434,21 @@ def image_from_fields(ts: "Typestore", header: Any, fields: dict[str, Any]) -> A
                  step=int(fields["step"]), data=np.frombuffer(fields["data"], np.uint8))
 
 
-def label_image_msg(ts: "Typestore", header: Any, labels: np.ndarray) -> Any:
+def label_image_msg(ts: Typestore, header: Any, labels: np.ndarray) -> Any:
     """The segmentation image: mono8, or mono16 when the labels need it
     (the same fields as the node's, from image_conversion.labels_to_fields)."""
-    from ..ros.image_conversion import labels_to_fields
-
-    return image_from_fields(ts, header, labels_to_fields(labels))
+    return image_from_fields(ts, header, image_conversion.labels_to_fields(labels))
 
 
-def color_image_msg(ts: "Typestore", header: Any, rgb: np.ndarray) -> Any:
-    from ..ros.image_conversion import rgb_to_fields
-
-    return image_from_fields(ts, header, rgb_to_fields(rgb))
+def color_image_msg(ts: Typestore, header: Any, rgb: np.ndarray) -> Any:
+    return image_from_fields(ts, header, image_conversion.rgb_to_fields(rgb))
 
 
-def objects_msg(ts: "Typestore", header: Any, result: "SegmentationResult",
-                min_pixels: int = 1, inference_ms: float | None = None) -> Any:
+def objects_msg(ts: Typestore, header: Any, result: SegmentationResult,
+                min_pixels: int = 1) -> Any:
     """cass_ros/ObjectPresenceArray for one result (one entry per class),
-    from the node's own field builder so the two cannot disagree."""
-    from ..ros.messages import objects_fields
-
+    from the node's own field builder so the two cannot disagree;
+    inference_ms is the segmenter's total, as the node sends it."""
     Presence = ts.types[OBJECT]
     Array = ts.types[OBJECTS]
     Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
@@ -216,16 +457,13 @@ def objects_msg(ts: "Typestore", header: Any, result: "SegmentationResult",
         f = dict(f)
         f["bbox"] = Roi(**f["bbox"])
         objects.append(Presence(**f))
-    if inference_ms is None:  # what the node sends: the segmenter's total
-        inference_ms = float(result.timings_ms.get("total", 0.0))
     return Array(header=header, class_names=list(result.class_names), objects=objects,
-                 prompt_id=int(result.prompt_id), inference_ms=float(inference_ms))
+                 prompt_id=int(result.prompt_id),
+                 inference_ms=float(result.timings_ms.get("total", 0.0)))
 
 
-def class_table_msg(ts: "Typestore", header: Any, prompt_set: "PromptSet", prompt_id: int) -> Any:
+def class_table_msg(ts: Typestore, header: Any, prompt_set: PromptSet, prompt_id: int) -> Any:
     """cass_ros/ClassTable of a prompt set (fields from the node's builder)."""
-    from ..ros.messages import class_table_fields
-
     f = class_table_fields(prompt_set, prompt_id)
     Table = ts.types[CLASS_TABLE]
     return Table(header=header, prompt_id=f["prompt_id"], class_names=f["class_names"],
@@ -239,9 +477,6 @@ def image_array(msg: Any) -> np.ndarray:
     """The pixels of a mono8/mono16/rgb8 sensor_msgs/Image written by the
     node or the bag tool, as (H, W) or (H, W, 3), decoded by the same code
     as the node's. For camera images of any encoding use ``image_to_rgb``."""
-    from ..ros import image_conversion
-    from ..ros.messages import labels_from_msg
-
     if msg.encoding in ("mono8", "mono16"):
         return labels_from_msg(msg)
     if msg.encoding in ("rgb8", "bgr8"):
@@ -252,22 +487,11 @@ def image_array(msg: Any) -> np.ndarray:
 def image_to_rgb(msg: Any) -> np.ndarray:
     """A camera image (sensor_msgs/Image or CompressedImage, rosbags or rclpy
     message) as (H, W, 3) uint8 RGB, decoded exactly as the node decodes it."""
-    from ..ros import image_conversion
-
     return image_conversion.to_rgb(msg)
 
 
 # ---------------------------------------------------------------------------
 # Topic names
-
-def camera_name(topic: str) -> str:
-    """The camera name the node derives from an image topic: the namespace
-    above the image topic (``/front/image_raw`` gives ``front``), the
-    ``/compressed`` transport suffix ignored."""
-    from ..ros import params as node_params
-
-    return node_params.camera_name_from_topic(topic)
-
 
 def output_topics(camera: str) -> dict[str, str]:
     base = f"/cass/{camera}"
@@ -370,15 +594,8 @@ def stamp_text(ns: int) -> str:
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an RGB (H, W, 3) or label (H, W) uint8/uint16 image as PNG."""
-    import cv2
-
     arr = array[..., ::-1] if array.ndim == 3 else array  # OpenCV wants BGR
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.ascontiguousarray(arr)):
         raise OSError(f"cannot write {path}")
 
-
-def iter_topics(reader: Any, topics: Iterable[str]) -> list[Any]:
-    """The reader's connections on ``topics``."""
-    wanted = set(topics)
-    return [c for c in reader.connections if c.topic in wanted]

@@ -14,6 +14,7 @@ from bag_harness import read_bag
 
 from cass_ros.bag import io as bag_io
 from cass_ros.bag import tool as bag_tool
+from cass_ros.cli import bag as bag_cli
 from cass_ros.core.visualize import overlay, palette
 
 TOPICS = {"/cass/classes", "/cass/camera/segmentation", "/cass/camera/segmentation/color",
@@ -118,7 +119,7 @@ def test_overlays_and_summary(offline_run, sample_bag):
 
 def test_compressed_topic_sqlite_input_and_csv(tmp_path, sample_bag_sqlite, bag_params_file):
     """The JPEG variant from a sqlite3 bag, output in sqlite3, summary as CSV."""
-    code = bag_tool.main([str(sample_bag_sqlite.path), "--out", str(tmp_path / "out"),
+    code = bag_cli.main([str(sample_bag_sqlite.path), "--out", str(tmp_path / "out"),
                           "--params-file", str(bag_params_file), "--topics",
                           "/camera/image_raw/compressed", "--storage", "sqlite3",
                           "--summary", str(tmp_path / "s.csv"), "--no-color", "--no-progress"])
@@ -137,7 +138,7 @@ def test_compressed_topic_sqlite_input_and_csv(tmp_path, sample_bag_sqlite, bag_
 
 def test_same_result_from_sqlite3_and_mcap(tmp_path, offline_run, sample_bag_sqlite,
                                            bag_params_file):
-    code = bag_tool.main([str(sample_bag_sqlite.path), "--out", str(tmp_path / "out"),
+    code = bag_cli.main([str(sample_bag_sqlite.path), "--out", str(tmp_path / "out"),
                           "--params-file", str(bag_params_file), "--topics", "/camera/image_raw",
                           "--no-progress", "--copy-input"])
     assert code == 0
@@ -151,7 +152,7 @@ def test_same_result_from_sqlite3_and_mcap(tmp_path, offline_run, sample_bag_sql
 
 def test_errors_are_one_clear_line(tmp_path, sample_bag, bag_params_file, capsys):
     def run(*args):
-        code = bag_tool.main([*map(str, args), "--no-progress"])
+        code = bag_cli.main([*map(str, args), "--no-progress"])
         return code, capsys.readouterr().err.strip().splitlines()
 
     # a topic the bag does not have: the message lists the image topics it has
@@ -190,9 +191,9 @@ def test_overwrite_replaces_the_output(tmp_path, sample_bag, sample_bag_module, 
     out = tmp_path / "out"
     args = [str(small.path), "--out", str(out), "--params-file", str(bag_params_file),
             "--no-progress"]
-    assert bag_tool.main(args) == 0
-    assert bag_tool.main(args) == 2
-    assert bag_tool.main(args + ["--overwrite"]) == 0
+    assert bag_cli.main(args) == 0
+    assert bag_cli.main(args) == 2
+    assert bag_cli.main(args + ["--overwrite"]) == 0
     assert len(read_bag(out)["/cass/camera/objects"]) == 2
 
 

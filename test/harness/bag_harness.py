@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from rosbags.rosbag2 import Reader
 
 REPO = Path(__file__).resolve().parents[2]
 # The colcon install tree (sourced) holds cass_ros with its generated
 # messages: it must win over the source tree, which is only a fallback.
 if importlib.util.find_spec("cass_ros") is None:
     sys.path.append(str(REPO))
+
+# After the path set-up above; tools/ is on the path (test/conftest.py).
+import bag_player  # noqa: E402
+
+from cass_ros.bag import io as bag_io  # noqa: E402
+from cass_ros.bag import tool as bag_tool  # noqa: E402
 
 
 def _load_script(name: str) -> Any:
@@ -78,8 +86,6 @@ TEST_SETTINGS: dict[str, Any] = {
 def write_params_file(path: Path, settings: dict[str, Any], node_name: str = "/**") -> Path:
     """A ROS parameters file (``node: ros__parameters: {...}``); ``/**``
     applies to the node whatever its name."""
-    import yaml
-
     path.write_text(yaml.safe_dump({node_name: {"ros__parameters": settings}},
                                    default_flow_style=False))
     return path
@@ -128,8 +134,6 @@ class OfflineRun:
 def offline_run(tmp_path_factory: pytest.TempPathFactory, sample_bag: Any,
                 bag_params_file: Path) -> OfflineRun:
     """cass_bag on the sample bag (raw topic) with the test parameters."""
-    from cass_ros.bag import tool as bag_tool
-
     base = tmp_path_factory.mktemp("offline")
     opts = bag_tool.BagToolOptions(
         input_bag=sample_bag.path, out=base / "out_bag", params_file=bag_params_file,
@@ -140,10 +144,6 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory, sample_bag: Any,
 
 def read_bag(path: Path) -> dict[str, list[tuple[int, Any]]]:
     """{topic: [(bag time, message)]} of a bag, with cass_ros's typestore."""
-    from rosbags.rosbag2 import Reader
-
-    from cass_ros.bag import io as bag_io
-
     ts = bag_io.make_typestore()
     out: dict[str, list[tuple[int, Any]]] = {}
     with Reader(path) as reader:
@@ -169,8 +169,6 @@ class LiveRun:
         return self.recording.messages(f"/cass/{camera}/objects")
 
     def frame_index(self, msg: Any) -> int:
-        from cass_ros.bag import io as bag_io
-
         return self.input_stamps.index(bag_io.stamp_ns(msg.header.stamp))
 
 
@@ -198,8 +196,6 @@ def play_into_node(tmp_path_factory: pytest.TempPathFactory) -> Any:
     reason = install_tree_ready()
     if reason:
         pytest.skip(reason)
-    import bag_player
-
     counter = iter(range(1000))
 
     def run(bag: Path, params_file: Path, *, topics: list[str], rate: float = 1.0,

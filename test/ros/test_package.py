@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-EXECUTABLES = {"cass_node": "cass_ros.ros.node", "cass_bag": "cass_ros.bag.tool",
+EXECUTABLES = {"cass_node": "cass_ros.ros.node", "cass_bag": "cass_ros.cli.bag",
                "cass_segment": "cass_ros.cli.segment"}
 
 
