@@ -13,7 +13,9 @@ module is the wiring, each concern has its own unit:
   ActivePrompts (the library's PromptSession) between frames; /cass/classes
   (latched) announces each accepted set. Without prompts the node starts
   and waits for them ("No prompts at start-up");
-- diagnostics: a timer publishes /diagnostics and logs a summary line.
+- diagnostics: a timer publishes /diagnostics and logs a summary line;
+- stopping: SIGINT, SIGTERM or the context shut down stop it at once,
+  during start-up as in steady state.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import rclpy
 import rclpy.subscription
@@ -34,6 +36,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -52,6 +55,7 @@ from .image_conversion import cv_bridge_available
 from .in_force import InForce
 from .messages import class_table_msg
 from .prompt_worker import PromptWorker, keeping
+from .stopping import StopRequested, StopSignals, quick_exit
 
 if TYPE_CHECKING:  # torch loads in _load_segmenter, after the parameter checks
     from ..core.segmenter import Segmenter
@@ -97,7 +101,8 @@ def names_prompts(prompts: Sequence[str], classes_file: str) -> bool:
 
 
 class CassNode(Node):
-    """The CASS segmentation node. Raises StartupError when it cannot start."""
+    """The CASS segmentation node. Raises StartupError when it cannot start,
+    StopRequested when it is stopped while starting."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -113,8 +118,12 @@ class CassNode(Node):
         except (ConfigError, PromptError) as e:
             self.destroy_node()
             raise StartupError(_one_line(str(e))) from None
-        except StartupError:
+        except BaseException as e:
+            stopping = self._stopping()
             self.destroy_node()
+            if stopping and isinstance(e, Exception):
+                # e.g. "rcl node's context is invalid": the stop, not a failure
+                raise StopRequested("context shut down") from None
             raise
 
     # ------------------------------------------------------------------ setup
@@ -131,12 +140,15 @@ class CassNode(Node):
                                "classes_file": config.classes_file,
                                "background_classes": list(config.background_classes)}
         self._log_preset(config)
+        self._check_stop()
         segmenter = self._load_segmenter(config)
         self.get_logger().info(f"model: {segmenter.describe()}")
         self._in_force = InForce(segmenter, runtime)
         if initial is not None:
+            self._check_stop()
             self._in_force.session.request(initial)
             self._in_force.session.activate(segmenter, initial)
+        self._check_stop()
         self._make_interfaces(runtime)
         self._start_workers()
         self._log_ready(runtime)
@@ -332,6 +344,15 @@ class CassNode(Node):
 
     # ---------------------------------------------------------------- stopping
 
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or not self.context.ok()
+
+    def _check_stop(self) -> None:
+        """Between start-up steps: a context shut down (by rclpy's signal
+        handler, or by its owner) ends the start-up here."""
+        if self._stopping():
+            raise StopRequested("context shut down")
+
     def stop(self) -> None:
         """Stop the inference and prompt threads without waiting for a
         prompt encoding; also the context's on_shutdown callback."""
@@ -367,25 +388,46 @@ def _changes(params: Sequence[Parameter]) -> dict[str, Any]:
     return changes
 
 
-def main(args: list[str] | None = None) -> int:
-    """Entry point of ``cass_node`` (``ros2 run cass_ros cass_node``)."""
-    rclpy.init(args=args if args is not None else sys.argv)
+def run(args: list[str] | None = None) -> int:
+    """Run the node until it is stopped; the exit status (docs/ros-interface.md,
+    Executables): 0 for a requested stop, 1 when it cannot start."""
+    signals = StopSignals()     # before rclpy.init, whose handler calls ours
     node = None
+    status = 0
     try:
         try:
+            rclpy.init(args=args if args is not None else sys.argv,
+                       signal_handler_options=SignalHandlerOptions.ALL)
             node = CassNode()
+            rclpy.spin(node)
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
-            return 1
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+            status = 1
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+    except StopRequested:
         pass
     finally:
+        signals.disarm()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+        signals.restore()
+    if signals.received is not None:
+        rclpy.logging.get_logger(NODE_NAME).info(f"stopped ({signals.received.name})")
+    return status
+
+
+def main(args: list[str] | None = None) -> NoReturn:
+    """Entry point of ``cass_node`` (``ros2 run cass_ros cass_node``): ``run``,
+    then end the process at once (stopping.quick_exit). In-process callers use
+    ``run``."""
+    try:
+        status = run(args)
+    except StopRequested:       # a signal in the instant before the clean-up
+        status = 0
+    quick_exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
