@@ -73,10 +73,11 @@ def diagnostic_array(stats: Sequence[Stats], node_name: str, now: Facts,
 
 def summary_line(stats: Sequence[Stats], now: Facts) -> str:
     """The log line every SUMMARY_PERIOD_S: per camera rate, latency and
-    counts, then the device and the prompt set."""
+    counts (the frames waiting while no prompt set is in force), then the
+    device and the prompt set."""
     parts = [f"{s['camera']}: {s['rate_hz']:.1f} Hz, {s['latency_ms']:.0f} ms latency, "
              f"{s['processed']} done, {s['dropped']} dropped, {s['rejected']} rejected"
-             + (f", {s['waiting']} waiting" if s.get("waiting") else "")
+             + (f", {s['waiting']} waiting" if now.prompt_id is None else "")
              for s in stats]
     prompts = "no prompts yet" if now.prompt_id is None else f"prompt_id {now.prompt_id}"
     return " | ".join(parts) + f" | {now.device}, {prompts}"

@@ -75,10 +75,11 @@ class PromptWorker:
             return
         try:
             self._announce(active)
-        except Exception:  # noqa: BLE001 - only while the node is being destroyed
-            if self._stop.is_set():
-                return
-            raise
+        except Exception as e:  # noqa: BLE001 - the thread must outlive a failed publish
+            if not self._stop.is_set():     # while stopping: publishers already destroyed
+                self._log.error(f"cannot announce prompt_id {active.prompt_id} "
+                                f"({type(e).__name__}: {e})")
+            return
         self._log.info(f"prompt_id {active.prompt_id}: " + ", ".join(active.class_names[1:]))
 
     def _reconfigure(self, config: CassConfig) -> None:

@@ -67,7 +67,7 @@ def test_waiting_node_reports_warn_and_prompt_id_zero() -> None:
 
 
 def test_summary_line() -> None:
-    line = summary_line([_stats(dropped=2, rejected=1)], FACTS)
+    line = summary_line([_stats(dropped=2, rejected=1, waiting=3)], FACTS)
     assert line == ("front: 4.0 Hz, 120 ms latency, 5 done, 2 dropped, 1 rejected "
                     "| cpu, prompt_id 3")
     waiting = summary_line([_stats(waiting=7, processed=0, rate_hz=0.0)], WAITING)
