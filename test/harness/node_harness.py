@@ -171,12 +171,20 @@ def node_executable() -> str:
     return str(Path(get_package_prefix("cass_ros")) / "lib" / "cass_ros" / "cass_node")
 
 
-def start_node(extra_args: list[str], log_path: Path, params_file: Path = CONFIG) -> subprocess.Popen:
+def start_node(extra_args: list[str], log_path: Path, params_file: Path = CONFIG,
+               ignore_sigint: bool = False) -> subprocess.Popen:
     """``cass_node --ros-args --params-file config/cass.yaml <extra_args>`` as
-    a subprocess, output to ``log_path``."""
+    a subprocess, output to ``log_path``. ``ignore_sigint``: started with
+    SIGINT set to SIG_IGN, as the shell starts a background job of a script."""
+    import signal
+
+    def ignore() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     cmd = [node_executable(), "--ros-args", "--params-file", str(params_file), *extra_args]
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_node
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                            preexec_fn=ignore if ignore_sigint else None)
     proc._cass_log = log  # type: ignore[attr-defined]
     return proc
 
@@ -197,6 +205,21 @@ def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> int:
     return proc.returncode
 
 
+def wait_log(proc: subprocess.Popen, log_path: Path, text: str, timeout: float = 120.0) -> str:
+    """Until ``text`` is in the node's log; the log so far. Fails when the
+    node exits first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        log = log_path.read_text(errors="replace")
+        if text in log:
+            return log
+        if proc.poll() is not None:
+            raise AssertionError(f"the node exited ({proc.returncode}) before logging "
+                                 f"{text!r}:\n{log[-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"no {text!r} in the node's log within {timeout:.0f} s")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -209,4 +232,5 @@ def unique_namespace(prefix: str) -> str:
 
 
 __all__ = ["Harness", "image_msg", "stamp_ns", "node_executable", "start_node", "stop_node",
+           "wait_log",
            "rss_kib", "unique_namespace", "ros_available", "CONFIG", "REPO", "sys"]

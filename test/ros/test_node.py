@@ -89,6 +89,12 @@ def _outputs(live: Any, cam: str, stamp: int, timeout: float = 30.0) -> tuple[An
     return labels, objects
 
 
+def _outputs_of(live: Any, cam: str) -> Any:
+    """The node's publishers of camera ``cam`` (frame_worker.CameraOutputs)."""
+    names = [s["camera"] for s in live.node.camera_stats()]
+    return live.node._outputs[names.index(cam)]
+
+
 def _stats(live: Any, cam: str) -> dict[str, Any]:
     return next(s for s in live.node.camera_stats() if s["camera"] == cam)
 
@@ -168,14 +174,14 @@ def test_padded_rows_and_other_encodings(live: Any) -> None:
 def test_overlay_only_while_subscribed(live: Any) -> None:
     from sensor_msgs.msg import Image
 
-    node_cam = next(c for c in live.node._cameras if c.name == "front")
-    assert node_cam.pub_color.get_subscription_count() == 0
+    color_pub = _outputs_of(live, "front").color
+    assert color_pub.get_subscription_count() == 0
     for _ in range(2):
         _outputs(live, "front", _send(live, "front"))
     assert _stats(live, "front")["overlays"] == 0, "overlay computed without a subscriber"
 
     sub = live.h.subscribe(Image, "cass/front/segmentation/color")
-    live.h.wait_for(lambda: node_cam.pub_color.get_subscription_count() > 0, 20,
+    live.h.wait_for(lambda: color_pub.get_subscription_count() > 0, 20,
                     "the node to see the colour subscriber")
     rgb = _frame()
     stamp = _send(live, "front", rgb)
@@ -192,7 +198,7 @@ def test_overlay_only_while_subscribed(live: Any) -> None:
     assert _stats(live, "front")["overlays"] >= 1
 
     live.h.node.destroy_subscription(sub)
-    live.h.wait_for(lambda: node_cam.pub_color.get_subscription_count() == 0, 20,
+    live.h.wait_for(lambda: color_pub.get_subscription_count() == 0, 20,
                     "the colour subscriber to leave")
     before = _stats(live, "front")["overlays"]
     _outputs(live, "front", _send(live, "front"))

@@ -4,7 +4,8 @@
 The ``-p`` arguments come from cass_ros.ros.launch_args, which the launch
 file uses too, so this is the launch file's start-up path where launch
 itself is not installed. Covers compressed input, a flood of frames with
-flat memory, SIGINT, and the one-line start-up failures.
+flat memory, SIGINT, and the one-line start-up failures (no prompts is
+not one: test_node_waiting.py).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ FAIL_CASES = [
      "clip_weights"),
     ("bad device", {"device": "tpu", "prompts": ["car"]}, "device"),
     ("absent device", {"device": "cuda:3", "prompts": ["car"]}, "device"),
-    ("no prompts", {}, "prompts"),
+    ("unusable prompts", {"prompts": ["|"]}, "prompt"),
     ("unreadable classes file", {"classes_file": "/nonexistent/cls.txt"}, "classes_file"),
     ("wrong type", {"color_alpha": 1, "prompts": ["car"]}, "color_alpha"),
     ("out of range", {"short_side": 8, "prompts": ["car"]}, "short_side"),
