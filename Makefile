@@ -21,6 +21,9 @@ ROS_TOOL_WHEELS := launch launch_xml launch_yaml launch_ros launch_pytest launch
 ROS_ENV := export AMENT_PREFIX_PATH=$(VENV) && source install/setup.bash
 PYTEST_FLAGS ?= -q -rs
 DEMO_OUT ?= $(CURDIR)/demo_output
+# Extra tools/run_demo.py arguments, e.g. DEMO_ARGS='--weights random' (no
+# download attempt: the README test runs `make demo` that way).
+DEMO_ARGS ?=
 COLCON_BASES := . $(if $(ROS_TOOLS),$(ROS_TOOLS)/src)
 
 .PHONY: all venv ros-tools build test demo lint clean
@@ -69,7 +72,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cass_ros test benchmarks scripts tools launch
 
 demo: build
-	$(ROS_ENV) && $(PY) tools/run_demo.py --out $(DEMO_OUT)
+	$(ROS_ENV) && $(PY) tools/run_demo.py --out $(DEMO_OUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf build install log $(DEMO_OUT)
