@@ -158,7 +158,17 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
 def have_ros2cli() -> str | None:
     """None when ``ros2`` (ros2cli, launch, launch_ros) is installed in the
     venv, else the reason for skipping."""
-    if not (VENV_BIN / "ros2").exists():
+    import importlib.util
+
+    def have(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    # PyPI's `launch` is an unrelated program: require the ROS one (launch.actions)
+    if not ((VENV_BIN / "ros2").exists() and have("ros2launch") and have("launch_ros")
+            and have("launch.actions")):
         return ("ROS's command-line tools (ros2cli, launch, launch_ros) are not installed: they "
                 "have no PyPI wheels; `make` installs them from ../shared/ros2 when it exists "
                 "(a ROS installation has them)")
