@@ -44,6 +44,9 @@ ROS_TOOL_WHEELS := launch launch_xml launch_yaml launch_ros launch_pytest launch
 ROS_ENV := export AMENT_PREFIX_PATH=$(VENV) && source $(INSTALL_BASE)/setup.bash
 PYTEST_FLAGS ?= -q -rs
 DEMO_OUT ?= $(CURDIR)/demo_output
+# Extra tools/run_demo.py arguments, e.g. DEMO_ARGS='--weights random' (no
+# download attempt: the README test runs `make demo` that way).
+DEMO_ARGS ?=
 COLCON_BASES := . $(if $(ROS_TOOLS),$(ROS_TOOLS)/src)
 LINT_PATHS := cass_ros test benchmarks scripts tools launch
 
@@ -98,7 +101,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 
 demo: build
-	$(ROS_ENV) && $(PY) tools/run_demo.py --out $(DEMO_OUT)
+	$(ROS_ENV) && $(PY) tools/run_demo.py --out $(DEMO_OUT) $(DEMO_ARGS)
 
 clean:
 	rm -rf build install build-jazzy install-jazzy log $(DEMO_OUT)

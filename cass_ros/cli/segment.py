@@ -12,6 +12,7 @@ parameters file such as config/cass.yaml.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -32,6 +33,10 @@ log = logging.getLogger("cass_segment")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 # Output settings that are not segmenter parameters (as in config/cass.yaml).
 RUNTIME_DEFAULTS: dict[str, Any] = {"min_pixels": 1, "color_alpha": 0.5}
+# Largest input decoded (2^27 = 134 M pixels, e.g. 11585 x 11585). Beyond it
+# the full-resolution overlay and probabilities alone need gigabytes, and a
+# file that claims more is far more likely broken or hostile than a photo.
+MAX_PIXELS = 1 << 27
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,28 +103,85 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     return merged, runtime
 
 
-def collect_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
+def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Image paths in argument order (folders: their images, sorted), and
-    the inputs that are neither."""
+    (input, reason) for the inputs that cannot be images: missing paths, and
+    folder entries named like an image that are not regular files."""
     paths: list[Path] = []
-    missing: list[str] = []
+    problems: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            for entry in sorted(path.iterdir()):
+                if entry.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue  # other files of the folder are not inputs
+                if entry.is_file():
+                    paths.append(entry)
+                else:
+                    problems.append((str(entry), "not a regular file"))
         elif path.is_file():
             paths.append(path)
+        elif path.exists():
+            problems.append((item, "not a regular file"))
         else:
-            missing.append(item)
-    return paths, missing
+            problems.append((item, "does not exist"))
+    return paths, problems
 
 
-def read_rgb(path: Path) -> np.ndarray | None:
-    """RGB uint8 (H, W, 3), or None when OpenCV cannot decode the file."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
+class UnreadableImage(Exception):
+    """An input that is not a usable image; the message is the reason."""
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header without decoding the pixels,
+    or None when Pillow does not know the format (OpenCV may still).
+
+    Pillow's Image.open reads the header only. Its own decompression-bomb
+    limit is lifted for this call so that the size, not Pillow's verdict,
+    is what gets checked (against MAX_PIXELS) and reported."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            return int(im.width), int(im.height)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        # not a format Pillow knows, or a header it cannot parse
         return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _cv_reason(e: cv2.error) -> str:
+    # cv2.error's text spans several lines (version, source file, function);
+    # its `err` attribute is the one-line cause.
+    return getattr(e, "err", None) or str(e).strip().splitlines()[-1]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3). Raises UnreadableImage with a one-line reason for
+    empty, unreadable, undecodable and oversized files. The size is checked
+    in the header before decoding, so a header claiming 99999 x 99999
+    pixels costs no memory."""
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file")
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise UnreadableImage(f"cannot read it ({e.strerror or e})") from None
+    size = _header_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise UnreadableImage(f"its header says {size[0]} x {size[1]} pixels, more than the "
+                              f"{MAX_PIXELS} pixels cass_segment decodes")
+    try:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # OpenCV's own size check, or a decoder failure
+        raise UnreadableImage(f"OpenCV cannot decode it ({_cv_reason(e)})") from None
+    if bgr is None or bgr.size == 0:
+        what = "truncated or corrupt image" if size is not None else "not an image OpenCV decodes"
+        raise UnreadableImage(what)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -162,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PromptError) as e:
         print(f"cass_segment: error: {e}", file=sys.stderr)
         return 2
-    paths, missing = collect_images(args.inputs)
-    for item in missing:
-        log.error("input %s does not exist: skipped", item)
+    paths, problems = collect_images(args.inputs)
+    for item, why in problems:
+        log.error("input %s: %s: skipped", item, why)
     if not paths:
         print("cass_segment: error: no image files among the inputs", file=sys.stderr)
         return 2
@@ -181,36 +243,63 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     colors = palette(prepared.num_labels)
-    failed = len(missing)
 
-    from tqdm import tqdm
-
-    for path, stem in tqdm(list(zip(paths, _unique_stems(paths), strict=True)), desc="cass_segment",
-                           unit="img", disable=args.quiet or len(paths) < 2):
-        t0 = time.perf_counter()
-        rgb = read_rgb(path)
-        if rgb is None:
-            log.error("cannot read image %s: skipped", path)
-            failed += 1
-            continue
-        t_read = time.perf_counter() - t0
-        result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
-        t1 = time.perf_counter()
-        cv2.imwrite(str(out / f"{stem}_labels.png"), result.labels)
-        blend = overlay(rgb, result.labels, colors, runtime["color_alpha"])
-        cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
-        if args.save_probs:
-            np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))
-        t_write = time.perf_counter() - t1
-        result.timings_ms["read"] = round(t_read * 1000.0, 3)
-        result.timings_ms["write"] = round(t_write * 1000.0, 3)
-        result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
-        with open(out / f"{stem}.json", "w") as f:
-            json.dump(result_json(str(path), result, runtime["min_pixels"]), f, indent=2)
-    done = len(paths) - (failed - len(missing))
+    # OpenCV logs its own multi-line messages for files it cannot decode;
+    # each failure is reported once, in one line, below.
+    cv_log_level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        failed = _segment_all(args, paths, segmenter, prepared, out, colors, runtime)
+    finally:
+        cv2.utils.logging.setLogLevel(cv_log_level)
+    done = len(paths) - failed
+    failed += len(problems)
     note = f"; {failed} input(s) failed" if failed else ""
     print(f"cass_segment: wrote {done} result(s) to {out}{note}")
     return 1 if failed else 0
+
+
+def _segment_all(args: argparse.Namespace, paths: list[Path], segmenter: Any, prepared: Any,
+                 out: Path, colors: np.ndarray, runtime: dict[str, Any]) -> int:
+    """Segment and write every input; returns how many could not be read."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    failed = 0
+    show_bar = not args.quiet and len(paths) > 1
+    # With a progress bar, logging_redirect_tqdm prints a skipped input's
+    # line above the bar instead of glued to its end.
+    with logging_redirect_tqdm() if show_bar else contextlib.nullcontext():
+        for path, stem in tqdm(list(zip(paths, _unique_stems(paths), strict=True)),
+                               desc="cass_segment", unit="img", disable=not show_bar):
+            failed += _segment_one(args, path, stem, segmenter, prepared, out, colors, runtime)
+    return failed
+
+
+def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any, prepared: Any,
+                 out: Path, colors: np.ndarray, runtime: dict[str, Any]) -> int:
+    """Segment one input and write its files; 1 when it could not be read."""
+    t0 = time.perf_counter()
+    try:
+        rgb = read_rgb(path)
+    except UnreadableImage as e:
+        log.error("input %s: %s: skipped", path, e)
+        return 1
+    t_read = time.perf_counter() - t0
+    result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
+    t1 = time.perf_counter()
+    cv2.imwrite(str(out / f"{stem}_labels.png"), result.labels)
+    blend = overlay(rgb, result.labels, colors, runtime["color_alpha"])
+    cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+    if args.save_probs:
+        np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))
+    t_write = time.perf_counter() - t1
+    result.timings_ms["read"] = round(t_read * 1000.0, 3)
+    result.timings_ms["write"] = round(t_write * 1000.0, 3)
+    result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
+    with open(out / f"{stem}.json", "w") as f:
+        json.dump(result_json(str(path), result, runtime["min_pixels"]), f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":

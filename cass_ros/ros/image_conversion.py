@@ -48,6 +48,16 @@ _LAYOUTS: dict[str, _Layout] = {
     "yuv422": _Layout(2, "u1", "uyvy"),
     "yuyv": _Layout(2, "u1", "yuyv"),
     "yuv422_yuy2": _Layout(2, "u1", "yuyv"),
+    # Bayer mosaics, one byte (or two) a pixel; the name gives the colours of
+    # the top-left 2 x 2 block, row by row (rggb: R G on row 0, G B on row 1)
+    "bayer_rggb8": _Layout(1, "u1", "bayer_rggb"),
+    "bayer_bggr8": _Layout(1, "u1", "bayer_bggr"),
+    "bayer_gbrg8": _Layout(1, "u1", "bayer_gbrg"),
+    "bayer_grbg8": _Layout(1, "u1", "bayer_grbg"),
+    "bayer_rggb16": _Layout(1, "u2", "bayer_rggb"),
+    "bayer_bggr16": _Layout(1, "u2", "bayer_bggr"),
+    "bayer_gbrg16": _Layout(1, "u2", "bayer_gbrg"),
+    "bayer_grbg16": _Layout(1, "u2", "bayer_grbg"),
 }
 
 SUPPORTED_ENCODINGS = tuple(_LAYOUTS)
@@ -98,8 +108,37 @@ def raw_to_rgb(encoding: str, height: int, width: int, step: int, data: Any,
         dtype = np.dtype(layout.dtype).newbyteorder(">" if is_bigendian else "<")
         # view() needs contiguous rows; padded rows are copied once here
         pixels = np.ascontiguousarray(rows).view(dtype).reshape(height, width, layout.channels)
+        if layout.order.startswith("bayer_"):
+            # demosaic at full depth, then scale (as cv_bridge does)
+            pixels = _demosaic(pixels.astype(np.uint16), layout.order)
+            return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
         pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     return _to_rgb_order(pixels, layout.order)
+
+
+# OpenCV names a Bayer pattern by the 2 x 2 block starting at the second row
+# and second column, not at the origin: ROS's rggb (R at (0, 0)) is OpenCV's
+# "BG" (B at (1, 1)). cv_bridge maps them the same way; the newer spelled-out
+# aliases (COLOR_BayerRGGB2RGB == COLOR_BayerBG2RGB) are missing from older
+# OpenCV releases. test_image_conversion.py checks the mapping on a mosaic
+# made by hand.
+_BAYER_CODES = {"bayer_rggb": "COLOR_BayerBG2RGB", "bayer_bggr": "COLOR_BayerRG2RGB",
+                "bayer_gbrg": "COLOR_BayerGR2RGB", "bayer_grbg": "COLOR_BayerGB2RGB"}
+
+
+def _demosaic(pixels: np.ndarray, order: str) -> np.ndarray:
+    """(H, W, 1) Bayer mosaic (uint8 or uint16) to (H, W, 3) RGB of the same
+    dtype, by OpenCV's bilinear demosaicing."""
+    import cv2
+
+    if pixels.shape[0] < 2 or pixels.shape[1] < 2:
+        raise ImageConversionError(
+            f"a Bayer image needs at least 2 x 2 pixels, not {pixels.shape[1]}x{pixels.shape[0]}")
+    mosaic = np.ascontiguousarray(pixels.reshape(pixels.shape[:2]))
+    try:
+        return cv2.cvtColor(mosaic, getattr(cv2, _BAYER_CODES[order]))
+    except cv2.error as e:
+        raise ImageConversionError(f"cannot demosaic the {order} image ({e.err})") from None
 
 
 def _to_rgb_order(pixels: np.ndarray, order: str) -> np.ndarray:
@@ -109,6 +148,8 @@ def _to_rgb_order(pixels: np.ndarray, order: str) -> np.ndarray:
 
     # OpenCV's channel swaps are several times faster than numpy's strided
     # copies at camera resolutions; they need contiguous input.
+    if order.startswith("bayer_"):
+        return _demosaic(pixels, order)
     if order in ("bgr", "rgba", "bgra", "mono"):
         code = {"bgr": cv2.COLOR_BGR2RGB, "rgba": cv2.COLOR_RGBA2RGB,
                 "bgra": cv2.COLOR_BGRA2RGB, "mono": cv2.COLOR_GRAY2RGB}[order]
@@ -216,10 +257,26 @@ def labels_to_fields(labels: np.ndarray) -> dict[str, Any]:
             "step": w * labels.dtype.itemsize, "data": labels.tobytes()}
 
 
+BAYER_PATTERNS = {f"bayer_{p}8": p for p in ("rggb", "bggr", "gbrg", "grbg")}
+
+
+def mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """The (H, W) Bayer mosaic a camera with ``pattern`` ('rggb', 'bggr',
+    'gbrg', 'grbg': the top-left 2 x 2 block, row by row) records of ``rgb``."""
+    channel = {"r": 0, "g": 1, "b": 2}
+    out = np.empty(rgb.shape[:2], rgb.dtype)
+    for i, colour in enumerate(pattern):
+        dy, dx = divmod(i, 2)
+        out[dy::2, dx::2] = rgb[dy::2, dx::2, channel[colour]]
+    return out
+
+
 def fields_from_rgb(rgb: np.ndarray, encoding: str, step_padding: int = 0) -> dict[str, Any]:
     """Fields of an Image in ``encoding`` showing ``rgb`` (tests, benchmarks
     and sample data: the inverse of ``raw_to_rgb`` for 8-bit encodings and
-    mono16), rows padded by ``step_padding`` bytes."""
+    mono16; Bayer encodings get the mosaic of ``rgb``, which demosaics back
+    to ``rgb`` only where the colours are smooth), rows padded by
+    ``step_padding`` bytes."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if encoding == "rgb8":
         px = rgb
@@ -233,6 +290,8 @@ def fields_from_rgb(rgb: np.ndarray, encoding: str, step_padding: int = 0) -> di
         px = rgb[..., :1]
     elif encoding == "mono16":
         px = (rgb[..., :1].astype("<u2") * 257).view(np.uint8).reshape(rgb.shape[:2] + (2,))
+    elif encoding in BAYER_PATTERNS:
+        px = mosaic(rgb, BAYER_PATTERNS[encoding])[..., None]
     else:
         raise ValueError(f"fields_from_rgb does not write {encoding!r}")
     h, w = px.shape[:2]

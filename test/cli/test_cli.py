@@ -4,6 +4,7 @@ precedence and errors. Tiny random models, the real pipeline."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -217,3 +218,96 @@ def test_set_takes_several_pairs_and_gives_back_inputs(tiny_weights):
     with pytest.raises(SystemExit):
         cli._parse_args(["--out", "o", "--set", "short_side=224"])
 
+
+
+# ---------------------------------------------------------------- bad inputs among good ones
+
+
+def _truncated_png(path: Path) -> None:
+    ok, buf = cv2.imencode(".png", _image(5, 40, 50))
+    assert ok
+    path.write_bytes(buf.tobytes()[: buf.size // 2])
+
+
+BAD_INPUTS = {
+    # a header claiming 99999 x 99999 pixels (30 GB decoded) and a few bytes:
+    # OpenCV raised cv2.error and the whole run died
+    "huge.ppm": (lambda p: p.write_bytes(b"P6\n99999 99999\n255\n\x00\x01\x02"), "99999 x 99999"),
+    # under OpenCV's own cap (2^30) but above ours: OpenCV would allocate 2.7 GB
+    "big.ppm": (lambda p: p.write_bytes(b"P6\n30000 30000\n255\n\x00\x01\x02"), "30000 x 30000"),
+    "truncated.png": (_truncated_png, "truncated or corrupt"),
+    "empty.png": (lambda p: p.write_bytes(b""), "empty file"),
+    "text.jpg": (lambda p: p.write_text("this is not a JPEG\n"), "not an image"),
+    "folder.png": (lambda p: p.mkdir(), "not a regular file"),
+}
+
+
+@pytest.fixture
+def error_lines():
+    """The ERROR records of the cass_segment logger, as strings. A handler
+    of its own rather than caplog: with launch_pytest installed, loggers
+    created after its import do not propagate to the root (launch's
+    LaunchLogger class), where caplog listens."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("cass_segment")
+    logger.addHandler(handler)
+    yield lambda: [r.getMessage() for r in records]
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_a_bad_input_is_reported_in_one_line_and_skipped(name, images, base_args, tmp_path,
+                                                         error_lines):
+    make, reason = BAD_INPUTS[name]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # good, bad, good in name order: the input after the bad one must still be done
+    (folder / "a.png").write_bytes((images / "first.png").read_bytes())
+    make(folder / f"b_{name}")
+    (folder / "c.jpg").write_bytes((images / "second.jpg").read_bytes())
+    out = tmp_path / "out"
+    rc = cli.main([str(folder), "--out", str(out), "--prompts", "cat", *base_args])
+    assert rc == 1
+    assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "c.json"]
+    for stem in ("a", "c"):
+        assert (out / f"{stem}_labels.png").is_file() and (out / f"{stem}_overlay.png").is_file()
+    assert not list(out.glob("b_*"))
+    errors = error_lines()
+    assert len(errors) == 1, errors
+    assert f"b_{name}" in errors[0] and reason in errors[0] and "\n" not in errors[0]
+
+
+def test_bad_inputs_as_a_program(images, tiny_weights, tmp_path):
+    """Every kind at once, as files and as arguments, in a separate process:
+    one line each on stderr, no traceback, the good images done, exit 1."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, (make, _) in BAD_INPUTS.items():
+        make(folder / name)
+    (folder / "good.png").write_bytes((images / "first.png").read_bytes())
+    (folder / "notes.txt").write_text("not an input: no image suffix, not reported\n")
+    last = tmp_path / "last.jpg"
+    last.write_bytes((images / "second.jpg").read_bytes())
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cass_ros.cli.segment", str(folder / "huge.ppm"), str(folder),
+         str(tmp_path / "missing.png"), str(last), "--out", str(out), "--prompts", "cat",
+         "--set", f"clip_weights={tiny_weights[0]}", f"dino_weights={tiny_weights[1]}",
+         "short_side=64", "--device", "cpu", "-q"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "cv2.error" not in proc.stderr
+    assert sorted(p.name for p in out.glob("*.json")) == ["good.json", "last.json"]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    # huge.ppm twice (as an argument and in the folder), the five others, missing.png
+    assert len(errors) == len(BAD_INPUTS) + 2, proc.stderr
+    assert all(line.startswith("ERROR cass_segment: input ") and line.endswith(": skipped")
+               for line in errors), proc.stderr
+    # nothing else but the note that the second huge.ppm would be huge_2
+    assert [line for line in lines if line not in errors] == [
+        "WARNING cass_segment: two inputs are named huge: writing the second as huge_2"]
+    assert f"{len(BAD_INPUTS) + 2} input(s) failed" in proc.stdout
