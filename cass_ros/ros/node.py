@@ -399,6 +399,7 @@ def run(args: list[str] | None = None) -> int:
             rclpy.init(args=args if args is not None else sys.argv,
                        signal_handler_options=SignalHandlerOptions.ALL)
             node = CassNode()
+            signals.note_only()     # rclpy's handler ends the spin from here on
             rclpy.spin(node)
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
@@ -408,7 +409,7 @@ def run(args: list[str] | None = None) -> int:
     except StopRequested:
         pass
     finally:
-        signals.disarm()
+        signals.note_only()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
