@@ -388,10 +388,11 @@ def _changes(params: Sequence[Parameter]) -> dict[str, Any]:
     return changes
 
 
-def run(args: list[str] | None = None) -> int:
+def run(args: list[str] | None = None, signals: StopSignals | None = None) -> int:
     """Run the node until it is stopped; the exit status (docs/ros-interface.md,
-    Executables): 0 for a requested stop, 1 when it cannot start."""
-    signals = StopSignals()     # before rclpy.init, whose handler calls ours
+    Executables): 0 for a requested stop, 1 when it cannot start. ``signals``:
+    handlers an entry script installed before importing this module."""
+    signals = signals or StopSignals()  # before rclpy.init, whose handler calls ours
     node = None
     status = 0
     try:
@@ -419,12 +420,12 @@ def run(args: list[str] | None = None) -> int:
     return status
 
 
-def main(args: list[str] | None = None) -> NoReturn:
+def main(args: list[str] | None = None, signals: StopSignals | None = None) -> NoReturn:
     """Entry point of ``cass_node`` (``ros2 run cass_ros cass_node``): ``run``,
     then end the process at once (stopping.quick_exit). In-process callers use
     ``run``."""
     try:
-        status = run(args)
+        status = run(args, signals)
     except StopRequested:       # a signal in the instant before the clean-up
         status = 0
     quick_exit(status)
