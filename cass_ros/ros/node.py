@@ -388,10 +388,11 @@ def _changes(params: Sequence[Parameter]) -> dict[str, Any]:
     return changes
 
 
-def run(args: list[str] | None = None) -> int:
+def run(args: list[str] | None = None, signals: StopSignals | None = None) -> int:
     """Run the node until it is stopped; the exit status (docs/ros-interface.md,
-    Executables): 0 for a requested stop, 1 when it cannot start."""
-    signals = StopSignals()     # before rclpy.init, whose handler calls ours
+    Executables): 0 for a requested stop, 1 when it cannot start. ``signals``:
+    handlers an entry script installed before importing this module."""
+    signals = signals or StopSignals()  # before rclpy.init, whose handler calls ours
     node = None
     status = 0
     try:
@@ -399,6 +400,7 @@ def run(args: list[str] | None = None) -> int:
             rclpy.init(args=args if args is not None else sys.argv,
                        signal_handler_options=SignalHandlerOptions.ALL)
             node = CassNode()
+            signals.note_only()     # rclpy's handler ends the spin from here on
             rclpy.spin(node)
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
@@ -408,7 +410,7 @@ def run(args: list[str] | None = None) -> int:
     except StopRequested:
         pass
     finally:
-        signals.disarm()
+        signals.note_only()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -418,12 +420,12 @@ def run(args: list[str] | None = None) -> int:
     return status
 
 
-def main(args: list[str] | None = None) -> NoReturn:
+def main(args: list[str] | None = None, signals: StopSignals | None = None) -> NoReturn:
     """Entry point of ``cass_node`` (``ros2 run cass_ros cass_node``): ``run``,
     then end the process at once (stopping.quick_exit). In-process callers use
     ``run``."""
     try:
-        status = run(args)
+        status = run(args, signals)
     except StopRequested:       # a signal in the instant before the clean-up
         status = 0
     quick_exit(status)

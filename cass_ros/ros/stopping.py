@@ -5,13 +5,14 @@ on SIGINT or SIGTERM, quietly.
 - Our handlers are installed first and rclpy's after them
   (``rclpy.init(signal_handler_options=SignalHandlerOptions.ALL)``): rclpy's
   C handler shuts the contexts down and wakes every executor, then calls
-  the handler it replaced, ours. That runs in the main thread and raises
-  StopRequested once, which unwinds whatever the main thread is doing:
-  loading models, encoding prompts, spinning.
+  the handler it replaced, ours, in the main thread.
+- During start-up ours raises StopRequested, which unwinds whatever the
+  main thread is doing (loading models, encoding prompts) at once.
+- Once the node spins (``note_only``) ours only notes the signal: the
+  executor, woken by rclpy, ends with ExternalShutdownException at a clean
+  point, and nothing interrupts the clean-up after it.
 - SIGINT is handled even where the shell set it to SIG_IGN (a background
   job of a script), as rclpy does: a stop asked for is a stop.
-- Once the clean-up has begun (``disarm``) signals are only noted, so
-  nothing interrupts it with a traceback.
 - Not covered: the first moments of the process, before ``main`` runs
   (interpreter start-up and the imports of the entry script), where the
   inherited disposition applies.
@@ -40,21 +41,20 @@ class StopSignals:
 
     def __init__(self, signals: Iterable[signal.Signals] = STOP_SIGNALS) -> None:
         self.received: signal.Signals | None = None
-        self._armed = True
+        self._interrupt = True
         self._previous = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signal.Signals(signum)
-        # Raised again for a repeated signal until the clean-up starts: a
-        # first StopRequested may be lost (raised inside a finaliser, which
-        # Python only reports).
-        if self._armed:
+        # Raised again for a repeated signal: a first StopRequested may be
+        # lost (raised inside a finaliser, which Python only reports).
+        if self._interrupt:
             raise StopRequested(signal.Signals(signum).name)
 
-    def disarm(self) -> None:
-        """From here on a signal is only noted: the clean-up runs to its end."""
-        self._armed = False
+    def note_only(self) -> None:
+        """From here on a signal is only noted (spinning, cleaning up)."""
+        self._interrupt = False
 
     def restore(self) -> None:
         for s, handler in self._previous.items():
