@@ -80,9 +80,12 @@ class Camera(Generic[Msg]):
         a publisher's ``publication_sequence_number`` (rclpy's MessageInfo)."""
         seq = info.get("publication_sequence_number")
         gid = info.get("publisher_gid")
-        if not isinstance(seq, int) or not seq or not gid:
+        if not isinstance(seq, int) or not seq:
             return
-        key = bytes(gid.get("data", b"")) if isinstance(gid, Mapping) else bytes(gid)
+        # Jazzy's MessageInfo has no publisher_gid: one sequence per topic,
+        # exact with the usual single camera driver per topic.
+        key = (b"" if not gid else
+               bytes(gid.get("data", b"")) if isinstance(gid, Mapping) else bytes(gid))
         last = self.last_seq.get(key)
         if last is not None and seq > last + 1:
             self.missed += seq - last - 1

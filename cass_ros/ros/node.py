@@ -74,8 +74,10 @@ PROMPTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=
                          durability=DurabilityPolicy.VOLATILE)
 # rclpy >= Iron passes MessageInfo (with sequence numbers) to two-argument
 # callbacks; it lets the node count frames that DDS replaced in its
-# keep-last-1 queue before the callback saw them. Humble: message only.
-_WITH_INFO = hasattr(rclpy.subscription, "MessageInfo")
+# keep-last-1 queue before the callback saw them (Kilted names the type
+# MessageInfo; Jazzy has only the CallbackType switch). Humble: message only.
+_WITH_INFO = (hasattr(rclpy.subscription, "MessageInfo")
+              or hasattr(rclpy.subscription.Subscription, "CallbackType"))
 
 
 def image_qos(runtime: node_params.RuntimeParams) -> QoSProfile:

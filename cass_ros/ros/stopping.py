@@ -13,9 +13,9 @@ on SIGINT or SIGTERM, quietly.
   point, and nothing interrupts the clean-up after it.
 - SIGINT is handled even where the shell set it to SIG_IGN (a background
   job of a script), as rclpy does: a stop asked for is a stop.
-- Not covered: the first moments of the process, before ``main`` runs
-  (interpreter start-up and the imports of the entry script), where the
-  inherited disposition applies.
+- The installed ``cass_node`` script creates StopSignals before it imports
+  the node (rclpy, torch) and hands them to ``main``; only interpreter
+  start-up itself runs under the inherited disposition.
 """
 
 from __future__ import annotations

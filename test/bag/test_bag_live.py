@@ -111,7 +111,13 @@ def test_too_fast_drops_frames_but_never_falls_behind(play_into_node, sample_bag
     in_node = int(counters.get("dropped_in_node", counters["dropped"]))
     in_dds = int(counters.get("dropped_in_dds", 0))
     # Every frame the node received was either segmented or dropped: none waits.
-    assert got == done + in_node and done == len(idx) and in_node + in_dds >= 1
+    assert got == done + in_node and done == len(idx)
+    # Each frame skipped between two segmented ones was replaced in the node
+    # or lost in DDS (a gap in the publisher's sequence numbers); frames
+    # before the first one the node saw leave no gap to count, so a burst of
+    # which only the newest frame arrived counts none.
+    skipped = sum(b - a - 1 for a, b in zip(idx, idx[1:]))
+    assert in_node + in_dds >= skipped, (idx, in_node, in_dds)
     # Frames lost before the callback (DDS's keep-last-1 reader cache) are
     # counted from gaps in the publisher's sequence numbers.
     assert got + in_dds <= n

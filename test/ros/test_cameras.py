@@ -53,6 +53,14 @@ def test_missed_frames_from_sequence_gaps_per_publisher() -> None:
     assert cam.stats(0.0)["dropped_in_dds"] == 3
 
 
+def test_missed_frames_without_publisher_gid() -> None:
+    """Jazzy's MessageInfo carries no publisher_gid: one sequence per topic."""
+    cam: Camera[str] = Camera(0, "front", "/front/image_raw")
+    for seq in (3, 4, 8, 9, 12):            # 5-7 and 10-11 never reached the callback
+        cam.count_missed({"publication_sequence_number": seq})
+    assert cam.missed == 3 + 2
+
+
 def test_stats_average_the_recent_window() -> None:
     cam: Camera[str] = Camera(0, "front", "/front/image_raw")
     assert cam.stats(100.0)["silent_s"] is None
