@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -118,7 +119,8 @@ def bash(command: str, cwd: Path, env: dict[str, str] | None = None, timeout: fl
          setup: bool = True) -> subprocess.CompletedProcess:
     """``command`` through bash in ``cwd``, after the README's set-up line
     (run from the repository root, as the README says)."""
-    script = f"cd {REPO} && {setup_line()} && cd {cwd} && {command}" if setup else command
+    script = (f"cd {shlex.quote(str(REPO))} && {setup_line()} && cd {shlex.quote(str(cwd))} && "
+              f"{command}") if setup else command
     return subprocess.run(["bash", "-c", script], cwd=cwd, env=env or user_env(),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -127,7 +129,8 @@ def start_bash(command: str, cwd: Path, log: Path, env: dict[str, str] | None = 
                ) -> subprocess.Popen:
     """A long-running ``command`` (ros2 launch, a node) in its own process
     group, so that stop() can end it and everything it started."""
-    script = f"cd {REPO} && {setup_line()} && cd {cwd} && exec {command}"
+    script = (f"cd {shlex.quote(str(REPO))} && {setup_line()} && cd {shlex.quote(str(cwd))} && "
+              f"exec {command}")
     out = open(log, "wb")  # noqa: SIM115 - closed in stop()
     proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env or user_env(), stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -78,6 +78,16 @@ class Launched:
             lambda: next((t for t in reversed(self.tables()) if list(t.class_names[1:]) == names),
                          None), timeout, f"a class table {names}", self.proc, self.log)
 
+    def publish_frames(self, seconds: float) -> None:
+        from sensor_msgs.msg import Image
+
+        pub = self.harness.node.create_publisher(Image, IMAGE_TOPIC, 10)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pub.publish(image_msg(np.zeros((48, 64, 3), np.uint8), time.time_ns(), "cli_cam"))
+            time.sleep(0.5)
+        self.harness.node.destroy_publisher(pub)
+
     def frames_until(self, prompt_id: int, timeout: float = 90.0) -> tuple[Any, Any]:
         """Publish frames until the objects and the segmentation of prompt set
         ``prompt_id`` come back; returns both."""
@@ -151,8 +161,10 @@ def test_starts_without_prompts_and_waits(launched):
         "cass_node launched without prompts did not stay up waiting for /cass/prompts:\n"
         + launched.start_failure[-2000:])
     if not launched.tables():
-        # nothing segmented and nothing latched before the first prompt set
+        # frames before the first prompt set: nothing segmented, the node stays up
+        launched.publish_frames(3.0)
         assert not launched.harness.got(OBJECTS)
+        assert launched.proc.poll() is None
 
 
 def test_prompts_by_topic_then_frames_give_outputs_with_that_table(launched):
