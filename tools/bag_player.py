@@ -250,6 +250,22 @@ def _qos_from_bag(conn: Connection) -> Any:
                       depth=max(1, int(p.depth or 10)))
 
 
+class _BagClock:
+    """Real-time pacing: bag time runs ``rate`` times faster than the wall clock."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.t0_wall = time.monotonic_ns()
+        self.t0_bag: int | None = None
+
+    def wait_until(self, t_bag: int) -> None:
+        if self.t0_bag is None:
+            self.t0_bag = t_bag
+        delay = (self.t0_wall + (t_bag - self.t0_bag) / self.rate - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+
+
 class BagPlayer:
     """An rclpy node that plays bags and records topics (see module doc).
 
@@ -407,27 +423,20 @@ class BagPlayer:
             conns = _select(reader.connections, topics)
             for c in conns:
                 self._publisher(remap.get(c.topic, c.topic), c.msgtype, _qos_from_bag(c))
-            n = sum(c.msgcount for c in conns)
-            bar = tqdm(total=n, unit="msg", desc="playing", disable=not progress)
-            t0_wall = time.monotonic_ns()
-            t0_bag: int | None = None
+            bar = tqdm(total=sum(c.msgcount for c in conns), unit="msg", desc="playing",
+                       disable=not progress)
+            clock = _BagClock(rate) if not (fast or lockstep) else None
             for conn, t_bag, raw in reader.messages(connections=conns):
                 if node is not None and not node.running():
                     raise PlayerError(node.failure())
-                if t0_bag is None:
-                    t0_bag = t_bag
-                if not fast and not lockstep:
-                    due = t0_wall + (t_bag - t0_bag) / rate
-                    delay = (due - time.monotonic_ns()) / 1e9
-                    if delay > 0:
-                        time.sleep(delay)
+                if clock is not None:
+                    clock.wait_until(t_bag)
                 topic = remap.get(conn.topic, conn.topic)
                 pub = self._publisher(topic)
                 stamp = None
                 if conn.msgtype in bag_io.IMAGE_TYPES:
                     stamp = bag_io.stamp_ns(ts.deserialize_cdr(raw, conn.msgtype).header.stamp)
-                tables_before = len([r for r in self.recording.received
-                                     if r.topic == bag_io.CLASSES_TOPIC])
+                tables_before = self._count(bag_io.CLASSES_TOPIC)
                 pub.publish(bytes(raw))
                 with self._cond:
                     self.recording.published.append(
@@ -436,35 +445,40 @@ class BagPlayer:
                 if not lockstep or pub.get_subscription_count() == 0:
                     continue
                 if stamp is not None:
-                    # All of the frame's outputs, not only its objects: a newer
-                    # frame would push a label image that is still being
-                    # re-sent out of the node's (keep last 2) writer history.
-                    found: list[str] = []
-                    ok = self.wait_for(lambda rec, s=stamp, f=found: _objects_topic(rec, s, f),
-                                       frame_timeout)
-                    if ok:
-                        base = found[0].rsplit("/", 1)[0]
-                        siblings = [t for t in (f"{base}/segmentation", f"{base}/segmentation/color")
-                                    if t in self._subs]
-                        ok = self.wait_for(
-                            lambda rec, s=stamp, ts=siblings: all(_has_stamp(rec, t, s) for t in ts),
-                            frame_timeout)
-                    if not ok:
-                        log.warning("no output for the frame stamped %s within %.0f s",
-                                    bag_io.stamp_text(stamp), frame_timeout)
-                        self.recording.missed_frames.append(stamp)
+                    self._wait_frame_outputs(stamp, frame_timeout)
                 elif topic.endswith(bag_io.PROMPTS_TOPIC) and conn.msgtype == bag_io.STRING:
-                    # The node applies a prompt from the next frame once it is
-                    # encoded; in lock-step the next frame waits for that.
-                    ok = self.wait_for(
-                        lambda rec, k=tables_before: sum(
-                            r.topic == bag_io.CLASSES_TOPIC for r in rec.received) > k,
-                        prompt_timeout)
-                    if not ok:
-                        log.warning("no new class table within %.0f s after the prompt "
-                                    "message (rejected or unchanged?)", prompt_timeout)
+                    self._wait_class_table(tables_before, prompt_timeout)
             bar.close()
         return self.recording
+
+    def _count(self, topic: str) -> int:
+        return sum(r.topic == topic for r in self.recording.received)
+
+    def _wait_frame_outputs(self, stamp: int, timeout: float) -> None:
+        """Lock-step: all of the frame's outputs, not only its objects: a
+        newer frame would push a label image that is still being re-sent out
+        of the node's (keep last 2) writer history."""
+        found: list[str] = []
+        ok = self.wait_for(lambda rec, f=found: _objects_topic(rec, stamp, f), timeout)
+        if ok:
+            base = found[0].rsplit("/", 1)[0]
+            siblings = [t for t in (f"{base}/segmentation", f"{base}/segmentation/color")
+                        if t in self._subs]
+            ok = self.wait_for(lambda rec: all(_has_stamp(rec, t, stamp) for t in siblings),
+                               timeout)
+        if not ok:
+            log.warning("no output for the frame stamped %s within %.0f s",
+                        bag_io.stamp_text(stamp), timeout)
+            self.recording.missed_frames.append(stamp)
+
+    def _wait_class_table(self, tables_before: int, timeout: float) -> None:
+        """Lock-step: the node applies a prompt from the next frame once it is
+        encoded; the next frame waits for the class table it announces."""
+        ok = self.wait_for(lambda rec: sum(r.topic == bag_io.CLASSES_TOPIC
+                                           for r in rec.received) > tables_before, timeout)
+        if not ok:
+            log.warning("no new class table within %.0f s after the prompt "
+                        "message (rejected or unchanged?)", timeout)
 
     def settle(self, quiet_s: float = 1.0, timeout: float = 60.0, prefix: str = "/cass/") -> None:
         """Wait until no message on a topic under ``prefix`` has arrived for

@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def _present_counts(objects: list[Any]) -> dict[str, int]:
     return counts
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="cass_node on the sample bag, end to end")
     p.add_argument("--out", type=Path, default=REPO / "demo_output", help="output folder")
     p.add_argument("--bag", type=Path, help="play this bag instead of the sample bag "
@@ -151,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="auto: pretrained when they can be had, else tiny random weights")
     p.add_argument("--params-file", type=Path, default=REPO / "config" / "cass.yaml")
     p.add_argument("--device", default=None, help="override the device parameter")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    return p.parse_args(argv)
 
-    out: Path = args.out.resolve()
+
+def clean_outputs(out: Path) -> None:
+    """Remove the demo's own outputs of a previous run; the sample bag is kept."""
     out.mkdir(parents=True, exist_ok=True)
-    # The demo's own outputs from a previous run; the sample bag is kept.
     for old in ("output_bag", "overlays", "summary.json", "summary.csv", "node.log"):
         path = out / old
         if path.is_dir():
@@ -164,73 +165,91 @@ def main(argv: list[str] | None = None) -> int:
         elif path.exists():
             path.unlink()
 
+
+def input_bag(args: argparse.Namespace, out: Path) -> tuple[Path, list[str]]:
+    """The bag to play (the sample bag, written once) and its topics to play."""
     bag = args.bag
     if bag is None:
         bag = out / "sample_bag"
         if not (bag / "metadata.yaml").exists():
             make_sample_bag.write_sample_bag(bag, storage="mcap", overwrite=True)
             log.info("sample bag written to %s", bag)
-    topics = [make_sample_bag.IMAGE_TOPIC, bag_io.PROMPTS_TOPIC]
     have = bag_topics(bag)
-    topics = [t for t in topics if t in have]
+    return bag, [t for t in (make_sample_bag.IMAGE_TOPIC, bag_io.PROMPTS_TOPIC) if t in have]
 
-    params_file = args.params_file if args.params_file and args.params_file.exists() else None
-    settings = dict(DEMO_SETTINGS)
-    if args.device:
-        settings["device"] = args.device
-    domain = bag_player.free_domain_id()
-    random_reason = ""
-    node = player = None
+
+@dataclass
+class Plan:
+    """What one demo run plays, where, with which node settings."""
+
+    out: Path
+    bag: Path
+    topics: list[str]
+    params_file: Path | None
+    domain: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Session:
+    """The node and the player of one demo run, and why random weights."""
+
+    node: Any = None
+    player: Any = None
+    random_reason: str = ""
+
+    def close(self) -> None:
+        if self.player is not None:
+            self.player.close()
+        if self.node is not None:
+            self.node.stop()
+
+
+def start_pretrained(args: argparse.Namespace, session: Session, plan: Plan) -> None:
+    """Try the pretrained weights; on a weights failure note why (auto mode)."""
+    offline = not hub_reachable()
+    log.info("trying the pretrained weights%s", " (cache only: no network)" if offline else "")
+    session.node = start_node(plan.out, plan.params_file, plan.settings, plan.domain,
+                              offline)
     try:
-        if args.weights != "random":
-            offline = not hub_reachable()
-            log.info("trying the pretrained weights%s", " (cache only: no network)"
-                     if offline else "")
-            node = start_node(out, params_file, settings, domain, offline)
-            try:
-                player = connect(node, bag, topics, domain)
-            except bag_player.PlayerError as e:
-                node.stop()
-                if args.weights == "pretrained" or "weights" not in str(e):
-                    print(f"run_demo: {e}", file=sys.stderr)
-                    return 1
-                random_reason = ("pretrained weights not reachable or cached"
-                                 if offline else "pretrained weights failed to load")
-                log.info("pretrained weights unavailable: %s", e)
-        else:
-            random_reason = "--weights random"
-        if player is None:
-            # imports torch: only for this fallback (the node, a subprocess,
-            # does the segmenting; the demo itself needs no torch)
-            from cass_ros.core.models import save_tiny_random_checkpoints
-
-            clip, dino = save_tiny_random_checkpoints(out / "weights", seed=0)
-            # No background names and no threshold: random weights would
-            # otherwise leave nearly every pixel at 0 and the overlays empty.
-            settings.update(clip_weights=clip, dino_weights=dino, background_classes=[],
-                            prob_threshold=0.0, device=args.device or "cpu")
-            print(RANDOM_BANNER.format(reason=random_reason[:69]), flush=True)
-            node = start_node(out, params_file, settings, domain, offline=False)
-            player = connect(node, bag, topics, domain)
-
-        lockstep = args.rate is None
-        log.info("playing %s %s", bag, "in lock-step" if lockstep else f"at {args.rate} x")
-        rec = player.play(bag, topics, rate=args.rate or 1.0, lockstep=lockstep, node=node,
-                          progress=True, frame_timeout=600.0)
-        player.settle(quiet_s=2.0, timeout=600.0)
+        session.player = connect(session.node, plan.bag, plan.topics, plan.domain)
     except bag_player.PlayerError as e:
-        print(f"run_demo: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("run_demo: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if player is not None:
-            player.close()
-        if node is not None:
-            node.stop()
+        session.node.stop()
+        session.node = None
+        if args.weights == "pretrained" or "weights" not in str(e):
+            raise
+        session.random_reason = ("pretrained weights not reachable or cached"
+                                 if offline else "pretrained weights failed to load")
+        log.info("pretrained weights unavailable: %s", e)
 
-    stats = write_results(rec, bag, out)
+
+def start_random(args: argparse.Namespace, session: Session, plan: Plan) -> None:
+    """The node on tiny random weights, announced by the banner."""
+    # imports torch: only for this fallback (the node, a subprocess, does
+    # the segmenting; the demo itself needs no torch)
+    from cass_ros.core.models import save_tiny_random_checkpoints
+
+    clip, dino = save_tiny_random_checkpoints(plan.out / "weights", seed=0)
+    # No background names and no threshold: random weights would otherwise
+    # leave nearly every pixel at 0 and the overlays empty.
+    settings = dict(plan.settings, clip_weights=clip, dino_weights=dino,
+                    background_classes=[], prob_threshold=0.0, device=args.device or "cpu")
+    print(RANDOM_BANNER.format(reason=session.random_reason[:69]), flush=True)
+    session.node = start_node(plan.out, plan.params_file, settings, plan.domain,
+                              offline=False)
+    session.player = connect(session.node, plan.bag, plan.topics, plan.domain)
+
+
+def play(args: argparse.Namespace, session: Session, bag: Path, topics: list[str]) -> Any:
+    lockstep = args.rate is None
+    log.info("playing %s %s", bag, "in lock-step" if lockstep else f"at {args.rate} x")
+    rec = session.player.play(bag, topics, rate=args.rate or 1.0, lockstep=lockstep,
+                              node=session.node, progress=True, frame_timeout=600.0)
+    session.player.settle(quiet_s=2.0, timeout=600.0)
+    return rec
+
+
+def print_report(stats: dict[str, Any], out: Path, random_reason: str) -> None:
     if random_reason:
         print(RANDOM_BANNER.format(reason=random_reason[:69]))
     print(f"\ncass_node segmented {stats['segmented']} of {stats['frames']} frames; "
@@ -244,6 +263,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {path.name}")
     print(f"look at {out / 'overlays' / 'camera'} (PNG), open {out / 'output_bag'} in Foxglove, "
           f"or read {out / 'summary.csv'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    out: Path = args.out.resolve()
+    clean_outputs(out)
+    bag, topics = input_bag(args, out)
+    settings = dict(DEMO_SETTINGS, **({"device": args.device} if args.device else {}))
+    plan = Plan(out, bag, topics, args.params_file if args.params_file.exists() else None,
+                bag_player.free_domain_id(), settings)
+    session = Session(random_reason="--weights random" if args.weights == "random" else "")
+    try:
+        if args.weights != "random":
+            start_pretrained(args, session, plan)
+        if session.player is None:
+            start_random(args, session, plan)
+        rec = play(args, session, bag, topics)
+    except bag_player.PlayerError as e:
+        print(f"run_demo: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("run_demo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        session.close()
+    print_report(write_results(rec, bag, out), out, session.random_reason)
     return 0
 
 
