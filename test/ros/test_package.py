@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EXECUTABLES = {"cass_node": "cass_ros.ros.node", "cass_bag": "cass_ros.cli.bag",
-               "cass_segment": "cass_ros.cli.segment"}
+               "cass_segment": "cass_ros.cli.segment", "cass_eval": "cass_ros.cli.eval"}
 
 
 def _deps(root: ET.Element, tag: str) -> set[str]:
