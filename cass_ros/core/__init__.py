@@ -2,7 +2,7 @@
 timm), no ROS and no rosbags. docs/algorithm.md describes each step; each
 lives in the module named for it (config, prompts, models, preprocess,
 vit_features, spectral, text, presence, segmenter, result, visualize,
-prompt_session).
+prompt_session; metrics and datasets for cass_eval).
 
 The public API, e.g.::
 
@@ -29,6 +29,9 @@ _EXPORTS = {
     "Segmenter": "segmenter", "PreparedPrompts": "segmenter",
     "SegmentationResult": "result",
     "overlay": "visualize", "palette": "visualize",
+    "confusion_matrix": "metrics", "metrics_from_confusion": "metrics",
+    "load_split": "datasets", "load_custom": "datasets", "DatasetError": "datasets",
+    "DATASETS": "datasets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,8 @@ The confusion matrix is (K, K + 1): row = ground-truth class, column =
 predicted class, and the extra last column counts pixels predicted as no
 class of the dataset (label 0 of a prompt set without background names,
 which only the probability threshold produces). Ground-truth pixels equal
-to the ignore index (255) are not counted at all.
+to the ignore index (255) are not counted at all. Importing this module does not
+load torch (confusion_matrix does).
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = 255
 
@@ -28,6 +33,8 @@ def confusion_matrix(gt: torch.Tensor, pred: torch.Tensor, num_classes: int,
     ``gt``: ground-truth class indices in [0, K) or ``ignore_index``;
     ``pred``: predicted class indices, any value outside [0, K) counting as
     "no class" (column K). ValueError when ``gt`` holds another value."""
+    import torch
+
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {tuple(gt.shape)} and prediction {tuple(pred.shape)} "
                          "differ in size")
@@ -47,7 +54,7 @@ def confusion_matrix(gt: torch.Tensor, pred: torch.Tensor, num_classes: int,
 
 def sparse_entries(confusion: torch.Tensor | np.ndarray) -> list[list[int]]:
     """[[gt, pred, count], ...] of the non-zero cells (the per-image record)."""
-    cm = confusion.cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
+    cm = _numpy(confusion)
     rows, cols = np.nonzero(cm)
     return [[int(r), int(c), int(cm[r, c])] for r, c in zip(rows, cols, strict=True)]
 
@@ -68,8 +75,7 @@ def metrics_from_confusion(confusion: torch.Tensor | np.ndarray) -> dict[str, An
     others; Acc_k = TP / GT_k is NaN for a class absent from the ground
     truth and mAcc is the mean over the others; aAcc = sum TP / sum GT.
     Values are fractions (0..1); NaN means "not counted"."""
-    cm = confusion.cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
-    cm = cm.astype(np.float64)
+    cm = _numpy(confusion).astype(np.float64)
     k = cm.shape[0]
     tp = np.diag(cm[:, :k])
     gt_area = cm.sum(1)
@@ -87,6 +93,10 @@ def metrics_from_confusion(confusion: torch.Tensor | np.ndarray) -> dict[str, An
         "mAcc": _nanmean(acc),
         "pixels": int(total),
     }
+
+
+def _numpy(confusion: torch.Tensor | np.ndarray) -> np.ndarray:
+    return confusion.cpu().numpy() if hasattr(confusion, "cpu") else np.asarray(confusion)
 
 
 def _nanmean(values: np.ndarray) -> float:

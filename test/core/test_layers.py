@@ -48,7 +48,7 @@ def test_every_core_module_imports_with_ros_and_rosbags_blocked() -> None:
     assert proc.stdout.startswith("ok")
 
 
-@pytest.mark.parametrize("module", ["prompts", "config", "prompt_session"])
+@pytest.mark.parametrize("module", ["prompts", "config", "prompt_session", "datasets", "metrics"])
 def test_torch_free_modules_do_not_load_torch(module: str) -> None:
     proc = _run(f"""
         import sys
