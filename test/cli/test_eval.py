@@ -383,3 +383,16 @@ def test_errors_are_one_line(tmp_path, base_args, capsys):
     assert cli.main([str(tmp_path / "ade"), "--dataset", "ade20k", "--set", "prompts=cat",
                      *base_args]) == 2
     assert "classes-file" in capsys.readouterr().err
+
+
+def test_threshold_pixels_of_a_dataset_without_background_count_as_misses(tmp_path, base_args):
+    # voc20 has no background class: prob_threshold sends pixels to label 0,
+    # which is no class of the dataset (the confusion's last column).
+    write_dataset(tmp_path / "data", "voc20")
+    report = _run([str(tmp_path / "data"), "--dataset", "voc20", *base_args,
+                   "--set", "prob_threshold=1.0"], tmp_path / "out")
+    m = report["metrics"]
+    assert m["no_class_pixels"] == m["pixels"] > 0
+    assert m["aAcc"] == 0.0 and m["mIoU"] == 0.0 and m["mAcc"] == 0.0
+    cm = np.load(tmp_path / "out" / cli.CONFUSION_FILE)
+    assert cm[:, :-1].sum() == 0
