@@ -396,3 +396,15 @@ def test_threshold_pixels_of_a_dataset_without_background_count_as_misses(tmp_pa
     assert m["aAcc"] == 0.0 and m["mIoU"] == 0.0 and m["mAcc"] == 0.0
     cm = np.load(tmp_path / "out" / cli.CONFUSION_FILE)
     assert cm[:, :-1].sum() == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["data"], "DATA_ROOT and --dataset"),
+    (["--images", "a"], "both --images and --labels"),
+    (["--images", "a", "--labels", "b"], "needs --classes-file"),
+    (["data", "--dataset", "voc21", "--limit", "0"], "--limit must be >= 1"),
+])
+def test_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
