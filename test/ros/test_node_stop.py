@@ -134,21 +134,30 @@ def test_context_shutdown_stops_the_threads(ros_domain: int,
 
 
 def test_context_shutdown_during_startup_is_a_stop(ros_domain: int,
-                                                   tiny_weights: tuple[str, str]) -> None:
+                                                   tiny_weights: tuple[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from cass_ros.core.segmenter import Segmenter
     from cass_ros.ros.node import CassNode
     from cass_ros.ros.stopping import StopRequested
 
     ns = unique_namespace("cass_ctx")
     h = Harness(ros_domain, ns)
+    prepare = Segmenter.prepare_prompts
+
+    def prepare_then_shutdown(self, *args, **kwargs):
+        # The context goes down while the start-up prompts are encoded (not
+        # after a fixed delay, which a warm text cache can outrun).
+        prepared = prepare(self, *args, **kwargs)
+        h.context.try_shutdown()
+        return prepared
+
     try:
-        timer = threading.Timer(1.0, h.context.try_shutdown)
-        timer.start()
+        monkeypatch.setattr(Segmenter, "prepare_prompts", prepare_then_shutdown)
         # in-process there is no signal to cut the encoding short: the
         # context is found shut down after it, instead of an RCLError
         with pytest.raises(StopRequested):
             CassNode(cli_args=_node_args(tiny_weights, MANY[:60]), context=h.context,
                      namespace=ns)
-        timer.join()
         assert not _node_threads()
     finally:
         h.close()
