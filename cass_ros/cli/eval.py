@@ -29,6 +29,7 @@ import numpy as np
 from ..core.config import ConfigError, build_config, coerce, read_settings_file, split_settings
 from ..core.datasets import DATASETS, DatasetError, Split, custom_spec, load_custom, load_split
 from ..core.prompts import PromptError, prompt_set_from_settings
+from .common import load_segmenter
 from .segment import UnreadableImage, read_rgb
 
 log = logging.getLogger("cass_eval")
@@ -215,15 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cass_eval: error: {e}", file=sys.stderr)
         return 2
 
-    from ..core.models import WeightsError
-    from ..core.segmenter import Segmenter
-
-    try:
-        segmenter = Segmenter(config)
-        prepared = segmenter.prepare_prompts(prompt_set)
-    except (ConfigError, WeightsError) as e:
-        print(f"cass_eval: error: {e}", file=sys.stderr)
+    loaded = load_segmenter("cass_eval", config, prompt_set)
+    if loaded is None:
         return 2
+    segmenter, prepared = loaded
     spec = split.spec
     class_names = prepared.class_names[spec.pred_offset:]
     samples = split.samples[: args.limit] if args.limit else split.samples

@@ -27,6 +27,7 @@ from ..core.config import ConfigError, build_config, coerce, read_settings_file,
 from ..core.prompts import PromptError, build_prompt_set, parse_prompt_text, prompt_set_from_settings
 from ..core.result import SegmentationResult
 from ..core.visualize import overlay, palette
+from .common import load_segmenter
 
 log = logging.getLogger("cass_segment")
 
@@ -231,15 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         print("cass_segment: error: no image files among the inputs", file=sys.stderr)
         return 2
 
-    from ..core.models import WeightsError
-    from ..core.segmenter import Segmenter
-
-    try:
-        segmenter = Segmenter(config)
-        prepared = segmenter.prepare_prompts(prompt_set)
-    except (ConfigError, WeightsError) as e:
-        print(f"cass_segment: error: {e}", file=sys.stderr)
+    loaded = load_segmenter("cass_segment", config, prompt_set)
+    if loaded is None:
         return 2
+    segmenter, prepared = loaded
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     colors = palette(prepared.num_labels)
