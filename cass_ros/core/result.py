@@ -24,6 +24,9 @@ class SegmentationResult:
     boxes: np.ndarray             # (K, 4) int64 x, y, width, height (zeros when absent)
     prompt_id: int = 0
     probs: np.ndarray | None = None   # (K, H, W) float32, before the threshold
+    # (K,) bool, set by a temporal stream's hysteresis (core.temporal); None:
+    # present = pixel_count >= min_pixels
+    present: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -33,7 +36,9 @@ class SegmentationResult:
     def objects(self, min_pixels: int = 1) -> list[dict[str, Any]]:
         """One entry per prompted class (label 1..K-1), keys as in
         docs/ros-interface.md: class_id, label, presence, present, pixel_count,
-        area_fraction, mean_confidence, bbox [x, y, width, height]."""
+        area_fraction, mean_confidence, bbox [x, y, width, height].
+        ``present`` is the hysteresis decision when ``self.present`` is set,
+        else whether the class has at least ``min_pixels`` pixels."""
         total = max(1, self.labels.size)
         out = []
         for k in range(1, len(self.class_names)):
@@ -42,7 +47,8 @@ class SegmentationResult:
                 "class_id": k,
                 "label": self.class_names[k],
                 "presence": float(self.presence[k]),
-                "present": count >= max(1, min_pixels),
+                "present": (bool(self.present[k]) if self.present is not None
+                            else count >= max(1, min_pixels)),
                 "pixel_count": count,
                 "area_fraction": count / total,
                 "mean_confidence": float(self.mean_confidence[k]),

@@ -36,6 +36,7 @@ from .presence import adjust_text, class_presence, patch_logits, per_class_max, 
 from .prompts import PromptSet
 from .result import SegmentationResult, label_statistics
 from .spectral import SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
+from .temporal import StreamFrame
 from .text import TextEmbedder, cluster_names
 from .timing import StageTimer
 from .vit_features import ClipVision, DinoKeys
@@ -208,9 +209,12 @@ class Segmenter:
         return prior
 
     @staticmethod
-    def _check_call(images: Sequence[np.ndarray], output_size: str) -> None:
+    def _check_call(images: Sequence[np.ndarray], output_size: str,
+                    streams: Sequence[StreamFrame | None] | None) -> None:
         if output_size not in ("input", "model"):
             raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
+        if streams is not None and len(streams) != len(images):
+            raise ValueError(f"streams: {len(streams)} entries for {len(images)} images")
         for i, image in enumerate(images):
             if not isinstance(image, np.ndarray):
                 raise ValueError(f"image {i}: expected a numpy array, got {type(image).__name__}")
@@ -222,14 +226,18 @@ class Segmenter:
 
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], prompts: PreparedPrompts,
-                return_probs: bool = False, output_size: str = "input") -> list[SegmentationResult]:
+                return_probs: bool = False, output_size: str = "input",
+                streams: Sequence[StreamFrame | None] | None = None) -> list[SegmentationResult]:
         """Segment RGB uint8 images (H, W, 3), possibly of different sizes.
 
         ``output_size``: ``input`` gives labels at each image's size,
         ``model`` at the resized (short side) size. Every result carries
-        the call's ``timings_ms`` (STAGES and ``total``).
+        the call's ``timings_ms`` (STAGES and ``total``). ``streams``: per
+        image, its camera's temporal stream and stamp, or None
+        (docs/algorithm.md 5.6); images of one stream are applied in the
+        order given.
         """
-        self._check_call(images, output_size)
+        self._check_call(images, output_size, streams)
         if not images:
             return []
         cfg = self.config
@@ -243,7 +251,8 @@ class Segmenter:
         canvas, image_r = self._accumulate(batch, groups, prompts)
         with self._timer("postprocess"):
             results = [self._labels(self._output_logits(canvas, batch, i, image, output_size),
-                                    image_r[i], prompts, return_probs)
+                                    image_r[i], prompts, return_probs,
+                                    streams[i] if streams is not None else None)
                        for i, image in enumerate(images)]
         timings = self._timer.timings_ms()
         for res in results:
@@ -387,11 +396,16 @@ class Segmenter:
         return dino_input(resized[crop.image][y0:y1, x0:x1], self.dino.patch).to(self.device)
 
     def _labels(self, logits: torch.Tensor, r: torch.Tensor, prompts: PreparedPrompts,
-                return_probs: bool) -> SegmentationResult:
-        """Logits over names (C, H, W) -> labels, probabilities, statistics (5.4)."""
+                return_probs: bool, frame: StreamFrame | None = None) -> SegmentationResult:
+        """Logits over names (C, H, W) -> labels, probabilities, statistics
+        (5.4), smoothed over time when ``frame`` says so (5.6)."""
         k = prompts.num_labels
         name_prob = torch.softmax(self.config.logit_scale * logits, 0)       # (C, H, W)
         class_prob = per_class_max(name_prob, prompts.name_labels, k, dim=0)  # (K, H, W)
+        if frame is not None and not frame.stream.params.active:
+            frame = None        # off: exactly the per-frame path
+        if frame is not None:
+            class_prob = frame.stream.smooth(class_prob, prompts.prompt_id, frame.stamp_s)
         best_prob, labels = class_prob.max(0)
         labels = labels.masked_fill(best_prob < self.config.prob_threshold, 0)
         own_prob = torch.gather(class_prob, 0, labels[None])[0]
@@ -400,7 +414,9 @@ class Segmenter:
         own_np = own_prob.cpu().numpy()
         counts, mean_conf, boxes = label_statistics(labels_np, own_np, k)
         presence = class_presence(r[None], prompts.name_labels, k)[0].cpu().numpy()
+        present = frame.stream.present(counts, frame.min_pixels) if frame is not None else None
         return SegmentationResult(
             labels=labels_np, class_names=prompts.class_names, presence=presence.astype(np.float32),
             pixel_counts=counts, mean_confidence=mean_conf, boxes=boxes, prompt_id=prompts.prompt_id,
-            probs=class_prob.cpu().numpy().astype(np.float32) if return_probs else None)
+            probs=class_prob.cpu().numpy().astype(np.float32) if return_probs else None,
+            present=present)
