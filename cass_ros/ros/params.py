@@ -25,6 +25,7 @@ from ..core.config import (ALGORITHM, FIELD_NAMES, PROMPTS, CassConfig, ConfigEr
                            coerce, group_names, setting_info, setting_type)
 from ..core.prompts import (PromptError, PromptSet, check_prompt_set, prompt_set_from_settings,
                             read_classes_file)
+from ..core.temporal import TemporalParams
 
 TRANSPORTS = ("raw", "compressed")
 QOS_CHOICES = ("best_effort", "reliable")
@@ -75,6 +76,16 @@ class RuntimeParams:
     color_alpha: float = 0.5
     min_pixels: int = 1
     output_size: str = "input"
+    # temporal stability (core.temporal.TemporalParams, docs/algorithm.md 5.6)
+    temporal_smoothing: float = TemporalParams.smoothing
+    temporal_reset_gap_s: float = TemporalParams.reset_gap_s
+    temporal_present_on_frames: int = TemporalParams.present_on_frames
+    temporal_present_off_frames: int = TemporalParams.present_off_frames
+
+    def temporal(self) -> TemporalParams:
+        """The per-camera temporal stream's parameters."""
+        return TemporalParams(self.temporal_smoothing, self.temporal_reset_gap_s,
+                              self.temporal_present_on_frames, self.temporal_present_off_frames)
 
     def validate(self) -> "RuntimeParams":
         _need(len(self.image_topics) > 0, "image_topics", "must name at least one topic")
@@ -100,6 +111,7 @@ class RuntimeParams:
         _need(self.min_pixels >= 1, "min_pixels", "must be >= 1")
         _need(self.output_size in OUTPUT_SIZES, "output_size",
               f"must be one of {', '.join(OUTPUT_SIZES)}, not {self.output_size!r}")
+        self.temporal().validate(prefix="temporal_")
         return self
 
     def cameras(self) -> list[str]:
@@ -142,6 +154,19 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("output_size", RuntimeParams.output_size, "Size of the label image: input (the "
               "camera's) or model (the inference resolution, cheaper)", "str",
               choices=OUTPUT_SIZES, runtime=True),
+    ParamSpec("temporal_smoothing", RuntimeParams.temporal_smoothing, "Per-camera moving "
+              "average of the class probabilities before the labels: weight of the history, "
+              "below 1; 0 = off", "float", 0.0, 1.0, runtime=True),
+    ParamSpec("temporal_reset_gap_s", RuntimeParams.temporal_reset_gap_s, "A gap between two "
+              "frames' stamps longer than this (s) restarts the average and the present "
+              "hysteresis (as do prompt and size changes and stamps going back)", "float",
+              0.0, 86400.0, runtime=True),
+    ParamSpec("temporal_present_on_frames", RuntimeParams.temporal_present_on_frames,
+              "Consecutive frames with min_pixels before a class turns present (1 = at once)",
+              "int", 1, 10000, runtime=True),
+    ParamSpec("temporal_present_off_frames", RuntimeParams.temporal_present_off_frames,
+              "Consecutive frames under min_pixels before a class turns absent (1 = at once)",
+              "int", 1, 10000, runtime=True),
 )
 
 

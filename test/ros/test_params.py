@@ -221,3 +221,23 @@ def test_launch_arguments_become_parameters() -> None:
         node_overrides(use_sim_time="maybe")
     args = ros_args({"prompts": ["a|b", "c"], "short_side": 64, "device": "cpu"})
     assert args == ["-p", 'prompts:=["a|b", "c"]', "-p", "short_side:=64", "-p", 'device:="cpu"']
+
+
+def test_temporal_parameters_give_the_stream_parameters() -> None:
+    from cass_ros.core.temporal import TemporalParams
+
+    assert node_params.RuntimeParams().temporal() == TemporalParams()
+    assert not node_params.RuntimeParams().temporal().active
+    rt = node_params.runtime_from_values(dict(
+        node_params.DEFAULTS, temporal_smoothing=0.6, temporal_reset_gap_s=0.25,
+        temporal_present_on_frames=3, temporal_present_off_frames=2))
+    assert rt.temporal() == TemporalParams(0.6, 0.25, 3, 2)
+    rt, _ = node_params.check_change(_current(), {"temporal_smoothing": 0.3})
+    assert rt.temporal().smoothing == 0.3 and node_params.SPECS["temporal_smoothing"].runtime
+    for changes in ({"temporal_smoothing": 1.0}, {"temporal_reset_gap_s": 0.0},
+                    {"temporal_present_on_frames": 0}, {"temporal_present_off_frames": 0}):
+        (name,) = changes
+        with pytest.raises(ConfigError, match=f"'{name}'"):
+            node_params.check_change(_current(), changes)
+        with pytest.raises(ConfigError, match=f"'{name}'"):
+            node_params.settings_from_values(dict(node_params.DEFAULTS, **changes))
