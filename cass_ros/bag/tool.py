@@ -15,8 +15,11 @@ each output at the bag time of its input frame, with the input's header.
 Prompt messages in the bag (/cass/prompts, std_msgs/String) apply from the
 next frame on, checked, numbered and coloured by the same PromptSession as
 the node's. Unlike the node, every frame is segmented (no frame is dropped
-offline). A bag cut short by a crash is read up to its last intact message
-(bag.io.open_input_bag). Needs no ROS installation: rosbags does the I/O.
+offline). With the node's ``temporal_*`` parameters each input topic has
+its own temporal stream (docs/algorithm.md 5.6) on the frames' header
+stamps, as the node keeps one per camera. A bag cut short by a crash is
+read up to its last intact message (bag.io.open_input_bag). Needs no ROS
+installation: rosbags does the I/O.
 
 The steps of ``run``: read the settings, check the paths, open the input,
 choose the topics, check the outputs, load the model, open the outputs,
@@ -44,6 +47,7 @@ from ..core.config import CassConfig, ConfigError, read_settings_file
 from ..core.prompt_session import PromptSession
 from ..core.prompts import PromptError, PromptSet, build_prompt_set, parse_prompt_text
 from ..core.result import SegmentationResult
+from ..core.temporal import StreamFrame, TemporalStream, stamp_seconds
 from ..core.visualize import overlay
 from ..ros import params as node_params
 from ..ros.image_conversion import ImageConversionError
@@ -109,6 +113,7 @@ class _Stream:
     camera: str
     outputs: dict[str, Connection] = field(default_factory=dict)  # kind -> output topic
     count: int = 0
+    temporal: TemporalStream | None = None  # its temporal stream, as the node keeps per camera
 
 
 @dataclass
@@ -430,8 +435,15 @@ def _on_frame(ctx: _Run, s: _Stream, t_ns: int, raw: bytes) -> None:
         if report.frames_bad <= 5:
             log.warning("%s frame %d skipped: %s", s.topic, index, e)
         return
+    runtime = ctx.settings.runtime
+    streams = None
+    if runtime.temporal().active:  # as the node's frame worker: the header stamps
+        if s.temporal is None:
+            s.temporal = TemporalStream(runtime.temporal())
+        stamp = stamp_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
+        streams = [StreamFrame(s.temporal, stamp, runtime.min_pixels)]
     result = ctx.segmenter.segment([rgb], prompts=active.prepared,
-                                   output_size=ctx.settings.runtime.output_size)[0]
+                                   output_size=runtime.output_size, streams=streams)[0]
     _write_outputs(ctx, s, _Frame(msg.header, t_ns, index, rgb, result), active.colors)
     report.frames_out += 1
     report.per_topic[s.topic] = report.per_topic.get(s.topic, 0) + 1

@@ -154,6 +154,12 @@ class TemporalStream:
         return self._present.copy()
 
 
+def stamp_seconds(sec: int, nanosec: int) -> float:
+    """A header stamp (sec, nanosec) in seconds: the one conversion the node
+    and cass_bag share, so that both see the same gaps."""
+    return (int(sec) * 1_000_000_000 + int(nanosec)) / 1e9
+
+
 @dataclass(frozen=True)
 class StreamFrame:
     """One image's place in its stream, for ``Segmenter.segment``: the

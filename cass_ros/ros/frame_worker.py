@@ -2,6 +2,8 @@
 bad input": off the executor, shared model, unusable frames): take every
 frame that is ready, convert them, run them through the segmenter in one
 call, and publish labels, objects and (when wanted) the colour overlay.
+Each camera's temporal stream (docs/algorithm.md 5.6) lives here, fed only
+by this thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..core.result import SegmentationResult
+from ..core.temporal import StreamFrame, TemporalParams, TemporalStream, stamp_seconds
 from ..core.visualize import overlay
 from .cameras import Batch, Camera, CameraBoard
 from .image_conversion import ImageConversionError, to_rgb
@@ -58,6 +61,7 @@ class FrameWorker:
         self._log = logger
         self._stop = stop
         self._thread = threading.Thread(target=self._loop, name="cass_inference", daemon=True)
+        self._streams: dict[int, TemporalStream] = {}   # camera index -> its stream
 
     def start(self) -> None:
         self._thread.start()
@@ -104,12 +108,31 @@ class FrameWorker:
             return
         t0 = time.perf_counter()
         results = work.segmenter.segment([f.rgb for f in frames], prompts=work.prompts.prepared,
-                                         output_size=work.runtime.output_size)
+                                         output_size=work.runtime.output_size,
+                                         streams=self._stream_frames(frames, work))
         batch_ms = (time.perf_counter() - t0) * 1000.0
         for frame, result in zip(frames, results):
             result.prompt_id = work.prompts.prompt_id
             self._publish(frame, result, work, float(result.timings_ms.get("total", batch_ms)))
             frame.cam.done(time.monotonic(), frame.received, batch_ms)
+
+    def _stream_frames(self, frames: list[_Frame], work: Work) -> list[StreamFrame | None] | None:
+        """Each frame's place in its camera's temporal stream; None while
+        temporal stability is off (the streams are dropped, so turning it on
+        again starts afresh; new parameters reset them in set_params)."""
+        params: TemporalParams = work.runtime.temporal()
+        if not params.active:
+            self._streams.clear()
+            return None
+        out: list[StreamFrame | None] = []
+        for f in frames:
+            stream = self._streams.get(f.cam.index)
+            if stream is None:
+                stream = self._streams[f.cam.index] = TemporalStream(params)
+            stream.set_params(params)
+            stamp = stamp_seconds(f.header.stamp.sec, f.header.stamp.nanosec)
+            out.append(StreamFrame(stream, stamp, work.runtime.min_pixels))
+        return out
 
     def _publish(self, frame: _Frame, result: SegmentationResult, work: Work,
                  inference_ms: float) -> None:

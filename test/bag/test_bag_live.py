@@ -3,16 +3,19 @@ path: where launch_pytest exists the same scenario would go through
 cass.launch.py; it is not installable here, see environment.md).
 
 One lock-step play (every frame waits for the node) backs three tests, a
-burst play (as fast as the player can publish) the fourth.
+burst play (as fast as the player can publish) the fourth; a second
+lock-step play with temporal smoothing and hysteresis on is compared with
+cass_bag under the same parameters.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from bag_harness import diagnostic_counters, read_bag
+from bag_harness import diagnostic_counters, read_bag, write_params_file
 
 from cass_ros.bag import io as bag_io
+from cass_ros.bag import tool as bag_tool
 
 RAW = "/camera/image_raw"
 
@@ -53,7 +56,10 @@ def test_prompt_message_changes_classes_from_the_right_frame(lockstep_run, sampl
 def test_live_outputs_equal_the_offline_tool(lockstep_run, offline_run):
     """Same bag, same parameters file: the node and cass_bag agree on every
     frame: label images, class tables, objects."""
-    offline = read_bag(offline_run.out)
+    assert_live_equals_offline(lockstep_run, read_bag(offline_run.out))
+
+
+def assert_live_equals_offline(lockstep_run, offline) -> None:
     off_labels = {bag_io.stamp_ns(m.header.stamp): bag_io.image_array(m)
                   for _, m in offline["/cass/camera/segmentation"]}
     off_objects = {bag_io.stamp_ns(m.header.stamp): m for _, m in offline["/cass/camera/objects"]}
@@ -124,3 +130,41 @@ def test_too_fast_drops_frames_but_never_falls_behind(play_into_node, sample_bag
     print(f"burst: {n} frames published, {got} received by the node, {done} segmented "
           f"{idx}, {in_node} dropped in the node, {in_dds} dropped in DDS (keep last 1); "
           f"finished after the burst: {after_end}")
+
+
+# Temporal stability on: the history's weight, and hysteresis both ways.
+TEMPORAL = {"temporal_smoothing": 0.7, "temporal_present_on_frames": 2,
+            "temporal_present_off_frames": 3}
+
+
+@pytest.fixture(scope="module")
+def temporal_params_file(tmp_path_factory, bag_settings):
+    return write_params_file(tmp_path_factory.mktemp("params") / "cass_temporal.yaml",
+                             dict(bag_settings, **TEMPORAL))
+
+
+def test_live_equals_offline_with_temporal_smoothing(play_into_node, sample_bag,
+                                                     temporal_params_file, offline_run,
+                                                     tmp_path_factory):
+    """Smoothing and hysteresis on in the parameters file: the node (one
+    stream per camera, header stamps) and cass_bag (one per topic) still
+    agree on every frame, and the outputs are not the per-frame ones."""
+    out = tmp_path_factory.mktemp("offline_temporal") / "out_bag"
+    bag_tool.run(bag_tool.BagToolOptions(input_bag=sample_bag.path, out=out,
+                                         params_file=temporal_params_file, progress=False))
+    offline = read_bag(out)
+    live = play_into_node(sample_bag.path, temporal_params_file, topics=[RAW, "/cass/prompts"],
+                          lockstep=True)
+    assert_live_equals_offline(live, offline)
+    plain = read_bag(offline_run.out)
+    smoothed = [bag_io.image_array(m) for _, m in offline["/cass/camera/segmentation"]]
+    per_frame = [bag_io.image_array(m) for _, m in plain["/cass/camera/segmentation"]]
+    k = sample_bag.first_frame_after_prompt
+    # the first frame, and the first after the prompt change, have no history
+    assert np.array_equal(smoothed[0], per_frame[0])
+    assert np.array_equal(smoothed[k], per_frame[k])
+    assert any(not np.array_equal(a, b) for a, b in zip(smoothed, per_frame))
+    # hysteresis: nothing is present on the first frame (on after 2 frames)
+    first = offline["/cass/camera/objects"][0][1]
+    assert any(o.pixel_count > 0 for o in first.objects)
+    assert not any(o.present for o in first.objects)
