@@ -322,6 +322,7 @@ def test_labels_of_prompt_sets_never_mix(live: Any) -> None:
     ({"attention": "cubist"}, "attention"),
     ({"device": "cuda"}, "read-only"),
     ({"color_alpha": "opaque"}, "type"),
+    ({"temporal_smoothing": 1.0}, "temporal_smoothing"),
 ])
 def test_bad_parameter_values_are_rejected(live: Any, values: dict[str, Any], word: str) -> None:
     old = {n: live.node.get_parameter(n).value for n in values}
@@ -382,6 +383,36 @@ def test_algorithm_parameters_apply_at_run_time(live: Any) -> None:
         check_consistent(labels, objects)
     finally:
         assert all(r.successful for r in _set_params(live, slide_crop=0, slide_stride=112))
+
+
+def test_temporal_parameters_take_effect_at_run_time(live: Any) -> None:
+    """Hysteresis and smoothing switched on with ros2 param set: the next
+    frame starts the camera's stream (nothing present yet, labels as per
+    frame), the following ones carry its history; off again is per frame."""
+    from cass_ros.ros.messages import labels_from_msg
+
+    a, b = _frame(), _frame()
+    raw_a = labels_from_msg(_outputs(live, "front", _send(live, "front", a))[0])
+    raw_b = labels_from_msg(_outputs(live, "front", _send(live, "front", b))[0])
+    assert not np.array_equal(raw_a, raw_b)
+    results = _set_params(live, temporal_present_on_frames=2, temporal_smoothing=0.9)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        labels, first = _outputs(live, "front", _send(live, "front", a))
+        assert np.array_equal(labels_from_msg(labels), raw_a)      # no history yet
+        assert any(o.pixel_count for o in first.objects)
+        assert not any(o.present for o in first.objects)           # on after 2 frames
+        labels, second = _outputs(live, "front", _send(live, "front", b))
+        assert not np.array_equal(labels_from_msg(labels), raw_b)  # a's history weighs 0.9
+        assert [o.present for o in second.objects] == [
+            bool(o1.pixel_count and o2.pixel_count) for o1, o2 in zip(first.objects,
+                                                                      second.objects)]
+    finally:
+        results = _set_params(live, temporal_present_on_frames=1, temporal_smoothing=0.0)
+        assert all(r.successful for r in results)
+    labels, objects = _outputs(live, "front", _send(live, "front", b))
+    assert np.array_equal(labels_from_msg(labels), raw_b)
+    check_consistent(labels, objects)
 
 
 # ------------------------------------------------------------------- robustness
