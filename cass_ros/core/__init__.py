@@ -1,8 +1,8 @@
 """The CASS segmenter library: plain PyTorch (torch, numpy, scipy, open_clip,
 timm), no ROS and no rosbags. docs/algorithm.md describes each step; each
 lives in the module named for it (config, prompts, models, preprocess,
-vit_features, spectral, text, presence, segmenter, result, visualize,
-prompt_session; metrics and datasets for cass_eval).
+vit_features, spectral, text, presence, segmenter, result, temporal,
+visualize, prompt_session; metrics and datasets for cass_eval).
 
 The public API, e.g.::
 
@@ -28,6 +28,7 @@ _EXPORTS = {
     "save_tiny_random_checkpoints": "models",
     "Segmenter": "segmenter", "PreparedPrompts": "segmenter",
     "SegmentationResult": "result",
+    "TemporalParams": "temporal", "TemporalStream": "temporal", "StreamFrame": "temporal",
     "overlay": "visualize", "palette": "visualize",
     "confusion_matrix": "metrics", "metrics_from_confusion": "metrics",
     "load_split": "datasets", "load_custom": "datasets", "DatasetError": "datasets",
