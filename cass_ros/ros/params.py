@@ -75,6 +75,7 @@ class RuntimeParams:
     color_alpha: float = 0.5
     min_pixels: int = 1
     output_size: str = "input"
+    publish_detections: bool = False
 
     def validate(self) -> "RuntimeParams":
         _need(len(self.image_topics) > 0, "image_topics", "must name at least one topic")
@@ -142,6 +143,9 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("output_size", RuntimeParams.output_size, "Size of the label image: input (the "
               "camera's) or model (the inference resolution, cheaper)", "str",
               choices=OUTPUT_SIZES, runtime=True),
+    ParamSpec("publish_detections", RuntimeParams.publish_detections, "Always build "
+              "/cass/<cam>/detections (vision_msgs; otherwise only while it has subscribers)",
+              "bool", runtime=True),
 )
 
 
