@@ -349,13 +349,13 @@ class CassNode(Node):
         prob_threshold in force, under the class table's header (its stamp
         ties the two); again after a settings change."""
         active, header = self._in_force.session.active, self._class_header
-        if active is None or header is None:
+        publishers = [out.label_info for out in self._outputs if out.label_info is not None]
+        if active is None or header is None or not publishers:
             return
         threshold = self._in_force.segmenter.config.prob_threshold
         msg = label_info_msg(active.prompt_set, header, threshold)
-        for out in self._outputs:
-            if out.label_info is not None:
-                out.label_info.publish(msg)
+        for pub in publishers:
+            pub.publish(msg)
 
     # ------------------------------------------------------------ diagnostics
 
