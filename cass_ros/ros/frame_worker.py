@@ -1,7 +1,8 @@
 """The inference thread (docs/ros-interface.md, "Behaviour under load and
 bad input": off the executor, shared model, unusable frames): take every
 frame that is ready, convert them, run them through the segmenter in one
-call, and publish labels, objects and (when wanted) the colour overlay.
+call, and publish labels, objects and (when wanted) the colour overlay and
+the vision_msgs detections ("Standard messages").
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ module is the wiring, each concern has its own unit:
   camera and return (an unprocessed older frame is dropped and counted);
 - frame_worker.FrameWorker: one inference thread takes every frame that is
   ready, converts them, runs them through the segmenter in one call, and
-  publishes labels, objects and (when wanted) the colour overlay;
+  publishes labels, objects and (when wanted) the colour overlay and the
+  vision_msgs detections (vision.py; latched label_info per prompt set);
 - prompt_worker.PromptWorker: prompt changes (topic or parameters) are
   validated at once, encoded on a separate thread, and swapped in as one
   ActivePrompts (the library's PromptSession) between frames; /cass/classes
