@@ -235,6 +235,14 @@ def run_topic_echo(ctx: Ctx, cmd: str) -> None:
         assert f"- {name}" in proc.stdout, proc.stdout
 
 
+def run_label_info_echo(ctx: Ctx, cmd: str) -> None:
+    _need_launch(ctx)
+    current = ctx.latest()
+    proc = _ok(bash(_discovery_flags(cmd), ctx.scratch(), timeout=90))
+    for value, name in enumerate(current.class_names):
+        assert f"class_id: {value}\n  class_name: {name}" in proc.stdout, proc.stdout
+
+
 def run_param_set(ctx: Ctx, cmd: str) -> None:
     _need_launch(ctx)
     proc = _ok(bash(_discovery_flags(cmd), ctx.scratch(), timeout=90))
@@ -401,6 +409,10 @@ CASES: dict[str, Case] = {
     "ros2 topic echo --once --qos-durability transient_local --qos-reliability reliable "
     "/cass/classes":
         Case("+ --no-daemon --spin-time 5", run_topic_echo, ros2=True, ros=True),
+    "ros2 topic echo --once --qos-durability transient_local --qos-reliability reliable "
+    "/cass/front/label_info":
+        Case("+ --no-daemon --spin-time 5; the class map of the table in force",
+             run_label_info_echo, ros2=True, ros=True),
     "ros2 param set /cass_node prompts \"['forklift', 'pallet']\"":
         Case("+ --no-daemon --timeout 20", run_param_set, ros2=True, ros=True),
     "ros2 param get /cass_node prompts":

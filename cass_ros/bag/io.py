@@ -38,6 +38,7 @@ from rosbags.typesys.store import Typestore
 
 from ..ros import image_conversion
 from ..ros.messages import class_table_fields, labels_from_msg, objects_fields
+from ..ros.vision import DETECTIONS_TYPE, LABEL_INFO_TYPE, detections_fields, label_info_fields
 
 from ..core.prompts import PromptSet
 from ..core.result import SegmentationResult
@@ -57,6 +58,10 @@ CLASSES_TOPIC = "/cass/classes"
 
 # Registration order matters: ObjectPresenceArray refers to ObjectPresence.
 CASS_MESSAGES = ("ObjectPresence", "ObjectPresenceArray", "ClassTable")
+# vision_msgs' types that Detection2DArray and LabelInfo use, dependencies first.
+VISION_MESSAGES = ("Point2D", "Pose2D", "BoundingBox2D", "ObjectHypothesis",
+                   "ObjectHypothesisWithPose", "Detection2D", "Detection2DArray", "VisionClass",
+                   "LabelInfo")
 
 STORAGES = ("mcap", "sqlite3")
 
@@ -91,22 +96,46 @@ def find_msg_dir() -> Path:
                    "set CASS_ROS_MSG_DIR to the package's msg/ folder")
 
 
+def find_vision_msg_dir() -> Path | None:
+    """The installed vision_msgs definitions (``share/vision_msgs/msg`` of a
+    prefix on AMENT_PREFIX_PATH, or of this Python's prefix); None when the
+    package is not installed. rosbags' typestores do not hold vision_msgs."""
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    for prefix in (*prefixes, sys.prefix):
+        cand = Path(prefix) / "share" / "vision_msgs" / "msg"
+        if all((cand / f"{name}.msg").is_file() for name in VISION_MESSAGES):
+            return cand
+    return None
+
+
 @cache
 def make_typestore() -> Typestore:
-    """A ROS 2 Kilted typestore with the cass_ros messages registered.
+    """A ROS 2 Kilted typestore with the cass_ros messages registered, and
+    vision_msgs' when it is installed (``vision_missing`` says otherwise).
 
     Kilted's standard definitions are the same as Jazzy's and Humble's for
     every type used here (Header, Image, CompressedImage, String,
-    RegionOfInterest), so bags written with it play on those too.
+    RegionOfInterest, PoseWithCovariance), so bags written with it play on
+    those too.
     """
     store = get_typestore(Stores.ROS2_KILTED)
-    directory = find_msg_dir()
     types: dict[str, Any] = {}
-    for name in CASS_MESSAGES:
-        text = (directory / f"{name}.msg").read_text(encoding="utf-8")
-        types.update(get_types_from_msg(text, f"cass_ros/msg/{name}"))
+    for package, directory, names in (("cass_ros", find_msg_dir(), CASS_MESSAGES),
+                                      ("vision_msgs", find_vision_msg_dir(), VISION_MESSAGES)):
+        for name in names if directory is not None else ():
+            text = (directory / f"{name}.msg").read_text(encoding="utf-8")
+            types.update(get_types_from_msg(text, f"{package}/msg/{name}"))
     store.register(types)
     return store
+
+
+def vision_missing(ts: Typestore) -> str | None:
+    """None when ``ts`` can write the vision_msgs outputs, else why not (one line)."""
+    if DETECTIONS_TYPE in ts.types and LABEL_INFO_TYPE in ts.types:
+        return None
+    return ("the vision_msgs definitions (share/vision_msgs/msg/*.msg) are on no prefix of "
+            "AMENT_PREFIX_PATH; install ros-<distro>-vision-msgs (in this repository: "
+            "`make build` with ../shared/ros2 present) and source the workspace")
 
 
 def qos_profile(reliable: bool = True, transient_local: bool = False, depth: int = 10) -> Qos:
@@ -462,6 +491,45 @@ def objects_msg(ts: Typestore, header: Any, result: SegmentationResult,
                  inference_ms=float(result.timings_ms.get("total", 0.0)))
 
 
+def detections_msg(ts: Typestore, header: Any, result: SegmentationResult,
+                   min_pixels: int = 1) -> Any:
+    """vision_msgs/Detection2DArray of one result, from the node's field
+    builder (cass_ros.ros.vision); ``header`` on the array and each detection."""
+    t = ts.types
+    pfx = "vision_msgs/msg/"
+    detections = []
+    for f in detections_fields(result, min_pixels):
+        c = f["bbox"]["center"]
+        center = t[pfx + "Pose2D"](position=t[pfx + "Point2D"](**c["position"]), theta=c["theta"])
+        bbox = t[pfx + "BoundingBox2D"](center=center, size_x=f["bbox"]["size_x"],
+                                        size_y=f["bbox"]["size_y"])
+        results = [t[pfx + "ObjectHypothesisWithPose"](
+            hypothesis=t[pfx + "ObjectHypothesis"](**r["hypothesis"]), pose=_zero_pose(ts))
+            for r in f["results"]]
+        detections.append(t[pfx + "Detection2D"](header=header, results=results, bbox=bbox,
+                                                 id=f["id"]))
+    return t[DETECTIONS_TYPE](header=header, detections=detections)
+
+
+def _zero_pose(ts: Typestore) -> Any:
+    """geometry_msgs/PoseWithCovariance as rclpy's default: identity, zero covariance."""
+    t = ts.types
+    g = "geometry_msgs/msg/"
+    pose = t[g + "Pose"](position=t[g + "Point"](x=0.0, y=0.0, z=0.0),
+                         orientation=t[g + "Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
+    return t[g + "PoseWithCovariance"](pose=pose, covariance=np.zeros(36, np.float64))
+
+
+def label_info_msg(ts: Typestore, header: Any, prompt_set: PromptSet,
+                   prob_threshold: float) -> Any:
+    """vision_msgs/LabelInfo of a prompt set (fields from the node's builder)."""
+    f = label_info_fields(prompt_set, prob_threshold)
+    cls = ts.types["vision_msgs/msg/VisionClass"]
+    return ts.types[LABEL_INFO_TYPE](header=header,
+                                     class_map=[cls(**c) for c in f["class_map"]],
+                                     threshold=f["threshold"])
+
+
 def class_table_msg(ts: Typestore, header: Any, prompt_set: PromptSet, prompt_id: int) -> Any:
     """cass_ros/ClassTable of a prompt set (fields from the node's builder)."""
     f = class_table_fields(prompt_set, prompt_id)
@@ -496,7 +564,8 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 def output_topics(camera: str) -> dict[str, str]:
     base = f"/cass/{camera}"
     return {"labels": f"{base}/segmentation", "color": f"{base}/segmentation/color",
-            "objects": f"{base}/objects"}
+            "objects": f"{base}/objects", "detections": f"{base}/detections",
+            "label_info": f"{base}/label_info"}
 
 
 # ---------------------------------------------------------------------------

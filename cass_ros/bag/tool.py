@@ -9,6 +9,8 @@ node's output topics:
     /cass/<cam>/segmentation        sensor_msgs/Image mono8 (mono16 > 255 classes)
     /cass/<cam>/segmentation/color  sensor_msgs/Image rgb8 overlay
     /cass/<cam>/objects             cass_ros/ObjectPresenceArray
+    /cass/<cam>/detections          vision_msgs/Detection2DArray  } when vision_msgs
+    /cass/<cam>/label_info          vision_msgs/LabelInfo (latched) } is installed
     /cass/classes                   cass_ros/ClassTable (latched)
 
 each output at the bag time of its input frame, with the input's header.
@@ -342,13 +344,22 @@ def _open_outputs(stack: ExitStack, opts: BagToolOptions, settings: _Settings,
         bag_io.CLASSES_TOPIC, bag_io.CLASS_TABLE, typestore=ts,
         offered_qos_profiles=[bag_io.qos_profile(transient_local=True, depth=1)])
     reliable = [bag_io.qos_profile(reliable=True)]
+    latched = [bag_io.qos_profile(transient_local=True, depth=1)]
+    types = {"labels": bag_io.IMAGE, "color": bag_io.IMAGE, "objects": bag_io.OBJECTS,
+             "detections": bag_io.DETECTIONS_TYPE, "label_info": bag_io.LABEL_INFO_TYPE}
+    kinds = ["labels", "color", "objects"] if opts.color else ["labels", "objects"]
+    vision_off = bag_io.vision_missing(ts)
+    if vision_off is None:
+        kinds += ["detections", "label_info"]
+    else:
+        log.warning("/cass/<cam>/detections and /cass/<cam>/label_info are not written: %s",
+                    vision_off)
     for s in plan.streams.values():
-        kinds = ("labels", "color", "objects") if opts.color else ("labels", "objects")
         names = bag_io.output_topics(s.camera)
         for kind in kinds:
-            msgtype = bag_io.OBJECTS if kind == "objects" else bag_io.IMAGE
-            s.outputs[kind] = writer.add_connection(names[kind], msgtype, typestore=ts,
-                                                    offered_qos_profiles=reliable)
+            s.outputs[kind] = writer.add_connection(
+                names[kind], types[kind], typestore=ts,
+                offered_qos_profiles=latched if kind == "label_info" else reliable)
     copies = {}
     if opts.copy_input:
         copies = {c.id: _copy_connection(writer, c, ts) for c in bag.connections}
@@ -372,9 +383,17 @@ def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connect
 def _write_class_table(ctx: _Run, t_ns: int) -> None:
     active = ctx.settings.session.active
     assert active is not None
-    msg = bag_io.class_table_msg(ctx.ts, bag_io.header_msg(ctx.ts, t_ns, ""), active.prompt_set,
-                                 active.prompt_id)
+    header = bag_io.header_msg(ctx.ts, t_ns, "")
+    msg = bag_io.class_table_msg(ctx.ts, header, active.prompt_set, active.prompt_id)
     ctx.writer.write(ctx.classes_conn, t_ns, ctx.ts.serialize_cdr(msg, bag_io.CLASS_TABLE))
+    # label_info: the class map under the class table's header, as the node sends it
+    info = None
+    for s in ctx.streams.values():
+        if "label_info" in s.outputs:
+            info = info or ctx.ts.serialize_cdr(bag_io.label_info_msg(
+                ctx.ts, header, active.prompt_set, ctx.settings.config.prob_threshold),
+                bag_io.LABEL_INFO_TYPE)
+            ctx.writer.write(s.outputs["label_info"], t_ns, info)
 
 
 # ---------------------------------------------------------------- the pass over the messages
@@ -458,6 +477,10 @@ def _write_outputs(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> 
         _write_overlay(ctx, s, frame, colors)
     omsg = bag_io.objects_msg(ts, header, frame.result, ctx.settings.runtime.min_pixels)
     ctx.writer.write(s.outputs["objects"], frame.t_ns, ts.serialize_cdr(omsg, bag_io.OBJECTS))
+    if "detections" in s.outputs:
+        dmsg = bag_io.detections_msg(ts, header, frame.result, ctx.settings.runtime.min_pixels)
+        ctx.writer.write(s.outputs["detections"], frame.t_ns,
+                         ts.serialize_cdr(dmsg, bag_io.DETECTIONS_TYPE))
     if ctx.summary is not None:
         ns = bag_io.stamp_ns(header.stamp)
         ctx.summary.add(bag_io.summary_row(

@@ -1,9 +1,9 @@
 """The inference thread (docs/ros-interface.md, "Behaviour under load and
 bad input": off the executor, shared model, unusable frames): take every
 frame that is ready, convert them, run them through the segmenter in one
-call, and publish labels, objects and (when wanted) the colour overlay.
-Each camera's temporal stream (docs/algorithm.md 5.6) lives here, fed only
-by this thread.
+call, and publish labels, objects and (when wanted) the colour overlay and
+the vision_msgs detections ("Standard messages"). Each camera's temporal
+stream (docs/algorithm.md 5.6) lives here, fed only by this thread.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .cameras import Batch, Camera, CameraBoard
 from .image_conversion import ImageConversionError, to_rgb
 from .in_force import Work
 from .messages import color_image_msg, label_image_msg, objects_msg
+from .vision import detections_msg
 
 ImageMsg = Image | CompressedImage
 STOP_WAIT_S = 1.0          # how long a stop waits for a batch in progress
@@ -33,11 +34,14 @@ STOP_WAIT_S = 1.0          # how long a stop waits for a batch in progress
 
 @dataclass(frozen=True)
 class CameraOutputs:
-    """A camera's publishers: /cass/<cam>/segmentation, .../color, .../objects."""
+    """A camera's publishers: /cass/<cam>/segmentation, .../color, .../objects;
+    .../detections and .../label_info (vision.py) are None without vision_msgs."""
 
     labels: Publisher
     color: Publisher
     objects: Publisher
+    detections: Publisher | None = None
+    label_info: Publisher | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,10 @@ class FrameWorker:
         header, runtime = frame.header, work.runtime
         out.labels.publish(label_image_msg(result, header))
         out.objects.publish(objects_msg(result, header, runtime.min_pixels, inference_ms))
+        # Built like the overlay: only when someone listens, or when asked to.
+        if out.detections is not None and (runtime.publish_detections
+                                           or out.detections.get_subscription_count() > 0):
+            out.detections.publish(detections_msg(result, header, runtime.min_pixels))
         # The overlay costs a full-image blend: only when someone looks.
         if runtime.publish_color or out.color.get_subscription_count() > 0:
             rgb = frame.rgb

@@ -7,7 +7,8 @@ module is the wiring, each concern has its own unit:
   camera and return (an unprocessed older frame is dropped and counted);
 - frame_worker.FrameWorker: one inference thread takes every frame that is
   ready, converts them, runs them through the segmenter in one call, and
-  publishes labels, objects and (when wanted) the colour overlay;
+  publishes labels, objects and (when wanted) the colour overlay and the
+  vision_msgs detections (vision.py; latched label_info per prompt set);
 - prompt_worker.PromptWorker: prompt changes (topic or parameters) are
   validated at once, encoded on a separate thread, and swapped in as one
   ActivePrompts (the library's PromptSession) between frames; /cass/classes
@@ -56,6 +57,7 @@ from .in_force import InForce
 from .messages import class_table_msg
 from .prompt_worker import PromptWorker, keeping
 from .stopping import StopRequested, StopSignals, quick_exit
+from .vision import label_info_msg, vision_msgs_missing
 
 if TYPE_CHECKING:  # torch loads in _load_segmenter, after the parameter checks
     from ..core.segmenter import Segmenter
@@ -195,6 +197,11 @@ class CassNode(Node):
         compressed = runtime.image_transport == "compressed"
         topics = [t.rstrip("/") + "/compressed" if compressed else t for t in runtime.image_topics]
         self._board = CameraBoard(runtime.cameras(), topics)
+        self._vision_off = vision_msgs_missing()
+        if self._vision_off is not None:
+            self.get_logger().warning("/cass/<cam>/detections and /cass/<cam>/label_info are "
+                                      f"off: {self._vision_off}")
+        self._class_header: Header | None = None      # of the class table in force
         self._outputs = [self._camera_outputs(cam) for cam in self._board.cameras]
         msg_type = CompressedImage if compressed else Image
         qos = image_qos(runtime)
@@ -207,7 +214,19 @@ class CassNode(Node):
             labels=self.create_publisher(Image, f"{base}/segmentation", OUT_IMAGE_QOS),
             color=self.create_publisher(Image, f"{base}/segmentation/color", OUT_IMAGE_QOS),
             objects=self.create_publisher(ObjectPresenceArray, f"{base}/objects",
-                                          OUT_OBJECTS_QOS))
+                                          OUT_OBJECTS_QOS),
+            **self._vision_outputs(base))
+
+    def _vision_outputs(self, base: str) -> dict[str, Any]:
+        """The vision_msgs publishers of a camera (vision.py); none without it."""
+        if self._vision_off is not None:
+            return {}
+        from vision_msgs.msg import Detection2DArray, LabelInfo
+
+        return {"detections": self.create_publisher(Detection2DArray, f"{base}/detections",
+                                                    OUT_OBJECTS_QOS),
+                "label_info": self.create_publisher(LabelInfo, f"{base}/label_info",
+                                                    LATCHED_QOS)}
 
     def _subscribe_camera(self, cam: Camera[ImageMsg], msg_type: type[ImageMsg],
                           qos: QoSProfile) -> Subscription:
@@ -221,7 +240,8 @@ class CassNode(Node):
 
     def _start_workers(self) -> None:
         logger = self.get_logger()
-        self._prompts = PromptWorker(self._in_force, self._announce, logger, self._stop)
+        self._prompts = PromptWorker(self._in_force, self._announce, logger, self._stop,
+                                     settings_applied=self._publish_label_info)
         self._prompts.start()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._frames = FrameWorker(self._board, self._outputs, self._in_force.work, logger,
@@ -322,6 +342,21 @@ class CassNode(Node):
         header = Header()
         header.stamp = self.get_clock().now().to_msg()
         self._pub_classes.publish(class_table_msg(active.prompt_set, active.prompt_id, header))
+        self._class_header = header
+        self._publish_label_info()
+
+    def _publish_label_info(self) -> None:
+        """/cass/<cam>/label_info (latched): the class map in force with the
+        prob_threshold in force, under the class table's header (its stamp
+        ties the two); again after a settings change."""
+        active, header = self._in_force.session.active, self._class_header
+        publishers = [out.label_info for out in self._outputs if out.label_info is not None]
+        if active is None or header is None or not publishers:
+            return
+        threshold = self._in_force.segmenter.config.prob_threshold
+        msg = label_info_msg(active.prompt_set, header, threshold)
+        for pub in publishers:
+            pub.publish(msg)
 
     # ------------------------------------------------------------ diagnostics
 

@@ -76,6 +76,7 @@ class RuntimeParams:
     color_alpha: float = 0.5
     min_pixels: int = 1
     output_size: str = "input"
+    publish_detections: bool = False
     # temporal stability (core.temporal.TemporalParams, docs/algorithm.md 5.6)
     temporal_smoothing: float = TemporalParams.smoothing
     temporal_reset_gap_s: float = TemporalParams.reset_gap_s
@@ -154,6 +155,9 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("output_size", RuntimeParams.output_size, "Size of the label image: input (the "
               "camera's) or model (the inference resolution, cheaper)", "str",
               choices=OUTPUT_SIZES, runtime=True),
+    ParamSpec("publish_detections", RuntimeParams.publish_detections, "Always build "
+              "/cass/<cam>/detections (vision_msgs; otherwise only while it has subscribers)",
+              "bool", runtime=True),
     ParamSpec("temporal_smoothing", RuntimeParams.temporal_smoothing, "Per-camera moving "
               "average of the class probabilities before the labels: weight of the history, "
               "below 1; 0 = off", "float", 0.0, 1.0, runtime=True),

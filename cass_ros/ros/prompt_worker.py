@@ -33,9 +33,11 @@ class PromptWorker:
     Daemon and never joined: a stop must not wait for a text encoding."""
 
     def __init__(self, in_force: InForce, announce: Callable[[ActivePrompts], None],
-                 logger: RcutilsLogger, stop: threading.Event) -> None:
+                 logger: RcutilsLogger, stop: threading.Event,
+                 settings_applied: Callable[[], None] | None = None) -> None:
         self._in_force = in_force
         self._announce = announce       # publish the class table, wake the frames
+        self._settings_applied = settings_applied   # e.g. label_info's threshold
         self._log = logger
         self._stop = stop
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -95,4 +97,11 @@ class PromptWorker:
                 self._log.error(f"cannot apply the new settings ({type(e).__name__}: "
                                 f"{e}); keeping the old ones")
             return
+        if self._settings_applied is not None:
+            try:
+                self._settings_applied()
+            except Exception as e:  # noqa: BLE001 - as for announce
+                if not self._stop.is_set():
+                    self._log.error(f"cannot announce the new settings ({type(e).__name__}: "
+                                    f"{e})")
         self._log.info(f"settings in force: {segmenter.describe()}")

@@ -19,6 +19,8 @@ from cass_ros.core.visualize import overlay, palette
 
 TOPICS = {"/cass/classes", "/cass/camera/segmentation", "/cass/camera/segmentation/color",
           "/cass/camera/objects"}
+if bag_io.vision_missing(bag_io.make_typestore()) is None:   # test_bag_vision.py
+    TOPICS |= {"/cass/camera/detections", "/cass/camera/label_info"}
 
 
 def _labels(msg):
