@@ -25,6 +25,7 @@ class SegmentationResult:
     prompt_id: int = 0
     probs: np.ndarray | None = None   # (K, H, W) float32, before the threshold
     timings_ms: dict[str, float] = field(default_factory=dict)
+    confidence: np.ndarray | None = None  # (H, W) float32 probability of each pixel's label
 
     @property
     def size(self) -> tuple[int, int]:
