@@ -158,12 +158,32 @@ def object_geometry(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrins
                 (rows - intrinsics.cy) / intrinsics.fy * z, z)
         n = counts[present]                                      # (P,)
         start = np.concatenate([[0], np.cumsum(counts)])[present]
+        lab_sorted = np.repeat(np.arange(k), counts)             # (N,) labels in group order
         for axis, values in enumerate(axes):
-            ordered = values[np.lexsort((values, lab))]          # by label, then value
+            ordered = _sort_by_label(values, lab, lab_sorted, k)
             box_min[present, axis] = _group_percentile(ordered, start, n, trim_percent)
             box_max[present, axis] = _group_percentile(ordered, start, n, 100.0 - trim_percent)
             centroid[present, axis] = _group_trimmed_mean(ordered, start, n, trim_percent)
     return ObjectGeometry(counts, centroid, box_min, box_max)
+
+
+# Largest k * span (metres) for which the offset-key sort below keeps the
+# values to 1e-9 m (float64: 2^-52 relative); wider spreads take lexsort.
+_MAX_KEY_RANGE = 4.0e6
+
+
+def _sort_by_label(values: np.ndarray, lab: np.ndarray, lab_sorted: np.ndarray,
+                   k: int) -> np.ndarray:
+    """``values`` ordered by label, then by value (what np.lexsort((values,
+    lab)) gives), as one float sort of ``lab * span + value``: each label's
+    keys stay below the next label's, and a plain np.sort is several times
+    faster than a lexsort or an argsort."""
+    vmin = float(values.min())
+    span = float(values.max()) - vmin + 1.0
+    if k * span > _MAX_KEY_RANGE:
+        return values[np.lexsort((values, lab))]
+    keys = np.sort(lab * span + (values - vmin))
+    return keys - lab_sorted * span + vmin
 
 
 def _group_percentile(ordered: np.ndarray, start: np.ndarray, n: np.ndarray,

@@ -235,3 +235,16 @@ def test_depth_module_does_not_load_torch() -> None:
                                                        "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
+
+
+def test_far_spread_values_take_the_exact_sort() -> None:
+    # spans beyond the offset-key sort's precision budget (k * span > 4e6 m)
+    # go through lexsort: same numbers as the per-class loop
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, size=(30, 30)).astype(np.uint8)
+    depth = rng.uniform(1.0, 3.0e6, size=(30, 30)).astype(np.float32)
+    geo = object_geometry(labels, depth, Intrinsics.from_matrix(K), 4, trim_percent=5.0)
+    counts, cen, lo, hi = _loop_geometry(labels, depth, 4, 5.0, False)
+    assert geo.counts.tolist() == counts.tolist()
+    for got, want in ((geo.box_min, lo), (geo.box_max, hi), (geo.centroid, cen)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
