@@ -57,6 +57,18 @@ def _info_msg(stamp: int) -> Any:
     return CameraInfo(header=_header(stamp, "front_optical"), height=H, width=W, k=K)
 
 
+def _args(tiny_weights: tuple[str, str]) -> list[str]:
+    clip, dino = tiny_weights
+    return ["--ros-args", "--params-file", str(CONFIG),
+            "-p", f"clip_weights:={clip}", "-p", f"dino_weights:={dino}",
+            "-p", "device:=cpu", "-p", "short_side:=48",
+            "-p", 'prompts:=["person", "car", "box"]', "-p", 'background_classes:=["sky"]',
+            "-p", "prob_threshold:=0.0",
+            "-p", 'image_topics:=["front/image_raw", "rear/image_raw"]',
+            "-p", 'depth_topics:=["front/depth/image_raw", ""]',
+            "-p", "depth_tolerance_s:=0.005", "-p", "cloud_stride:=2"]
+
+
 @pytest.fixture(scope="module")
 def live(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
     from rcl_interfaces.msg import Log
@@ -68,16 +80,7 @@ def live(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
 
     ns = unique_namespace("cass_depth")
     h = Harness(ros_domain, ns)
-    clip, dino = tiny_weights
-    args = ["--ros-args", "--params-file", str(CONFIG),
-            "-p", f"clip_weights:={clip}", "-p", f"dino_weights:={dino}",
-            "-p", "device:=cpu", "-p", "short_side:=48",
-            "-p", 'prompts:=["person", "car", "box"]', "-p", 'background_classes:=["sky"]',
-            "-p", "prob_threshold:=0.0",
-            "-p", 'image_topics:=["front/image_raw", "rear/image_raw"]',
-            "-p", 'depth_topics:=["front/depth/image_raw", ""]',
-            "-p", "depth_tolerance_s:=0.005", "-p", "cloud_stride:=2"]
-    node = CassNode(cli_args=args, context=h.context, namespace=ns)
+    node = CassNode(cli_args=_args(tiny_weights), context=h.context, namespace=ns)
     h.executor.add_node(node)
     for cam in ("front", "rear"):
         h.subscribe(Image, f"cass/{cam}/segmentation")
@@ -130,7 +133,9 @@ def _points(labels: np.ndarray, mm: np.ndarray, k: int) -> np.ndarray:
 
 
 def test_objects_and_detections_3d_with_matched_depth(live: Any) -> None:
-    from vision_msgs.msg import Detection3DArray
+    vision = pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not built "
+                                 "(../shared/ros2); test_without_vision_msgs covers the rest")
+    Detection3DArray = vision.Detection3DArray
 
     from cass_ros.ros.messages import labels_from_msg
 
@@ -227,3 +232,48 @@ def test_camera_without_depth_is_unchanged(live: Any) -> None:
     assert "depth_matched" not in _depth_stats(live, "rear")
     _, objects = _send_colour(live, "rear", _next_stamp(live))
     assert all(o.depth_pixel_count == 0 for o in objects.objects)
+
+
+def test_without_vision_msgs(live: Any, tiny_weights: tuple[str, str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """vision_msgs not importable: one warning says detections_3d is off and
+    why; the objects' 3D fields and the cloud still work."""
+    import sys
+
+    from cass_ros.ros.node import CassNode
+
+    monkeypatch.setitem(sys.modules, "vision_msgs", None)
+    monkeypatch.setitem(sys.modules, "vision_msgs.msg", None)
+    ns = unique_namespace("cass_depth_novision")
+    node = CassNode(cli_args=_args(tiny_weights), context=live.h.context, namespace=ns)
+    try:
+        out = node._outputs[0]
+        assert out.detections_3d is None and out.points is not None
+        why = "/cass/<cam>/detections_3d is off: vision_msgs is not installed"
+        warned = live.h.wait_for(lambda: [m.msg for m in live.h.got("/rosout") if why in m.msg],
+                                 20, "the warning")
+        assert len(warned) == 1 and "/cass/<cam>/points still work" in warned[0]
+        # and a frame still gets its 3D fields (the harness node publishes into ns)
+        from sensor_msgs.msg import CameraInfo, Image
+
+        from cass_ros.msg import ObjectPresenceArray
+
+        live.h.executor.add_node(node)
+        h = live.h
+        h.subscribe(ObjectPresenceArray, f"{ns}/cass/front/objects")
+        pubs = [h.node.create_publisher(t, f"{ns}/front/{name}", 10) for t, name in (
+            (CameraInfo, "depth/camera_info"), (Image, "depth/image_raw"), (Image, "image_raw"))]
+        for pub in pubs:
+            h.wait_subscribers(pub)
+        stamp = _next_stamp(live)
+        pubs[0].publish(_info_msg(stamp))
+        pubs[1].publish(_depth_msg(_depth_mm(), stamp))
+        h.wait_for(lambda: node._depth.find(0, stamp, 0.0) is not None
+                   and node._depth.cameras[0].info is not None, 20, "the depth image")
+        pubs[2].publish(image_msg(_frame(), stamp, "front_optical"))
+        objects = h.wait_message(f"{ns}/cass/front/objects", lambda m: stamp_ns(m.header) == stamp,
+                                 60)
+        assert sum(o.depth_pixel_count for o in objects.objects) > 0
+    finally:
+        live.h.executor.remove_node(node)
+        node.destroy_node()
