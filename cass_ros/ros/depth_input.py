@@ -23,6 +23,7 @@ from ..core.depth import DepthError, Intrinsics
 from .image_conversion import _as_bytes_view as as_bytes_view
 
 DEPTH_BUFFER = 10          # depth images kept per camera (the newest)
+Found = tuple[Any, Any]    # (depth sensor_msgs/Image, its latest CameraInfo or None)
 
 # encoding -> (numpy dtype of a pixel, little endian; metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[str, float]] = {"16UC1": ("<u2", 0.001), "32FC1": ("<f4", 1.0)}
@@ -123,7 +124,7 @@ class DepthInput:
         with self._lock:
             self.cameras[index].info = msg
 
-    def find(self, index: int, stamp: int, tolerance_s: float) -> tuple[Any, Any] | None:
+    def find(self, index: int, stamp: int, tolerance_s: float) -> Found | None:
         """(depth message, latest camera_info or None) closest to ``stamp``
         within the tolerance; None when there is none (or no depth here)."""
         cam = self.cameras[index]
@@ -134,7 +135,7 @@ class DepthInput:
             j = closest_within(stamps, stamp, int(round(tolerance_s * 1e9)))
             return None if j is None else (cam.images[j][1], cam.info)
 
-    def prepare(self, index: int, found: tuple[Any, Any] | None,
+    def prepare(self, index: int, found: Found | None,
                 size: tuple[int, int]) -> DepthFrame | None:
         """Decode and check a found pair for a colour frame of ``size`` (H,
         W), counting the outcome: None when nothing was found (unmatched);
@@ -157,7 +158,7 @@ class DepthInput:
         return cam.stats() if cam is not None else {}
 
 
-def _decode(found: tuple[Any, Any], size: tuple[int, int], info_topic: str) -> DepthFrame:
+def _decode(found: Found, size: tuple[int, int], info_topic: str) -> DepthFrame:
     msg, info = found
     h, w = int(msg.height), int(msg.width)
     if (h, w) != tuple(size):
@@ -174,5 +175,5 @@ def _decode(found: tuple[Any, Any], size: tuple[int, int], info_topic: str) -> D
     return DepthFrame(depth, intrinsics, stamp_ns(msg.header.stamp))
 
 
-__all__ = ["DEPTH_BUFFER", "DEPTH_ENCODINGS", "DepthCamera", "DepthFrame", "DepthInput",
+__all__ = ["DEPTH_BUFFER", "DEPTH_ENCODINGS", "DepthCamera", "DepthFrame", "DepthInput", "Found",
            "closest_within", "depth_to_metres", "stamp_ns"]

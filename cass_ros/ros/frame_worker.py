@@ -22,7 +22,7 @@ from ..core.depth import DepthError, ObjectGeometry, labelled_points, nearest_re
 from ..core.result import SegmentationResult
 from ..core.visualize import overlay
 from .cameras import Batch, Camera, CameraBoard
-from .depth_input import DepthFrame, DepthInput, stamp_ns
+from .depth_input import DepthFrame, DepthInput, Found, stamp_ns
 from .depth_messages import cloud_msg, detections_3d_msg
 from .image_conversion import ImageConversionError, to_rgb
 from .in_force import Work
@@ -132,7 +132,7 @@ class FrameWorker:
             frame.cam.done(time.monotonic(), frame.received, batch_ms)
 
     def _publish(self, frame: _Frame, result: SegmentationResult, work: Work,
-                 inference_ms: float, found: tuple | None = None) -> None:
+                 inference_ms: float, found: Found | None = None) -> None:
         out = self._outputs[frame.cam.index]
         header, runtime = frame.header, work.runtime
         out.labels.publish(label_image_msg(result, header))
@@ -157,7 +157,7 @@ class FrameWorker:
 
     # ------------------------------------------------------------ depth to 3D
 
-    def _find_depth(self, frame: _Frame, work: Work) -> tuple | None:
+    def _find_depth(self, frame: _Frame, work: Work) -> Found | None:
         """(depth message, camera_info) matched to the frame's stamp, or None."""
         if self._depth is None:
             return None
@@ -165,7 +165,7 @@ class FrameWorker:
                                 work.runtime.depth_tolerance_s)
 
     def _geometry(self, frame: _Frame, result: SegmentationResult, work: Work,
-                  found: tuple | None) -> _Depth3D | None:
+                  found: Found | None) -> _Depth3D | None:
         """The frame's per-class 3D, or None (no depth for this camera, none
         matched, or unusable: counted, and the reason logged)."""
         cam = frame.cam
