@@ -85,14 +85,13 @@ def valid_depth(depth_m: np.ndarray) -> np.ndarray:
         return np.isfinite(depth_m) & (depth_m > 0)
 
 
-def back_project(depth_m: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
-    """(H, W) depth in metres -> (H, W, 3) points (x, y, z); invalid depth
-    gives non-finite or non-positive z, as the input."""
-    h, w = depth_m.shape
-    z = depth_m.astype(np.float64, copy=False)
-    x = (np.arange(w) - intrinsics.cx) / intrinsics.fx * z
-    y = ((np.arange(h) - intrinsics.cy) / intrinsics.fy)[:, None] * z
-    return np.stack([x, y, z], axis=-1)
+def back_project(cols: np.ndarray, rows: np.ndarray, z: np.ndarray,
+                 intrinsics: Intrinsics) -> np.ndarray:
+    """Pixels (u = column, v = row) with depth z (N,) -> (N, 3) points x, y, z
+    in metres (the pinhole model above)."""
+    z = z.astype(np.float64, copy=False)
+    return np.stack([(cols - intrinsics.cx) / intrinsics.fx * z,
+                     (rows - intrinsics.cy) / intrinsics.fy * z, z], axis=1)
 
 
 def nearest_resize(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -153,14 +152,12 @@ def object_geometry(labels: np.ndarray, depth_m: np.ndarray, intrinsics: Intrins
     present = np.nonzero(counts)[0]
     if present.size:
         rows, cols = np.nonzero(keep)
-        z = depth_m[keep].astype(np.float64)
-        axes = ((cols - intrinsics.cx) / intrinsics.fx * z,
-                (rows - intrinsics.cy) / intrinsics.fy * z, z)
+        points = back_project(cols, rows, depth_m[keep], intrinsics)   # (N, 3)
         n = counts[present]                                      # (P,)
         start = np.concatenate([[0], np.cumsum(counts)])[present]
         lab_sorted = np.repeat(np.arange(k), counts)             # (N,) labels in group order
-        for axis, values in enumerate(axes):
-            ordered = _sort_by_label(values, lab, lab_sorted, k)
+        for axis in range(3):
+            ordered = _sort_by_label(points[:, axis], lab, lab_sorted, k)
             box_min[present, axis] = _group_percentile(ordered, start, n, trim_percent)
             box_max[present, axis] = _group_percentile(ordered, start, n, 100.0 - trim_percent)
             centroid[present, axis] = _group_trimmed_mean(ordered, start, n, trim_percent)
@@ -224,11 +221,9 @@ def labelled_points(labels: np.ndarray, depth_m: np.ndarray, confidence: np.ndar
     d = depth_m[::stride, ::stride]                              # (h, w)
     keep = valid_depth(d)
     rows, cols = np.nonzero(keep)
-    z = d[keep].astype(np.float64)
-    out = np.empty(z.size, POINT_DTYPE)
-    out["x"] = (cols * stride - intrinsics.cx) / intrinsics.fx * z
-    out["y"] = (rows * stride - intrinsics.cy) / intrinsics.fy * z
-    out["z"] = z
+    points = back_project(cols * stride, rows * stride, d[keep], intrinsics)   # (N, 3)
+    out = np.empty(points.shape[0], POINT_DTYPE)
+    out["x"], out["y"], out["z"] = points.T
     out["label"] = labels[::stride, ::stride][keep]
     out["confidence"] = 0.0 if confidence is None else confidence[::stride, ::stride][keep]
     return out
