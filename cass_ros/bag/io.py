@@ -28,8 +28,8 @@ from typing import Any, BinaryIO
 import apsw
 import cv2
 import numpy as np
-from rosbags.interfaces import (Connection, Qos, QosDurability, QosHistory, QosLiveliness,
-                                QosReliability, QosTime)
+from rosbags.interfaces import (Connection, MessageDefinitionFormat, Qos, QosDurability,
+                                QosHistory, QosLiveliness, QosReliability, QosTime)
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import McapReader, read_sized, read_string
 from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
@@ -37,7 +37,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from ..ros import image_conversion
-from ..ros.messages import class_table_fields, labels_from_msg, objects_fields
+from ..ros.messages import POINT_FIELDS, class_table_fields, labels_from_msg, objects_fields
 from ..ros.vision import DETECTIONS_TYPE, LABEL_INFO_TYPE, detections_fields, label_info_fields
 
 from ..core.prompts import PromptSet
@@ -136,6 +136,28 @@ def vision_missing(ts: Typestore) -> str | None:
     return ("the vision_msgs definitions (share/vision_msgs/msg/*.msg) are on no prefix of "
             "AMENT_PREFIX_PATH; install ros-<distro>-vision-msgs (in this repository: "
             "`make build` with ../shared/ros2 present) and source the workspace")
+
+
+def reading_typestore(connections: Sequence[Connection]) -> Typestore:
+    """A typestore for reading a bag: the cass_ros messages as the bag itself
+    defines them where it embeds their definitions (a bag recorded before
+    ObjectPresence gained its 3D fields keeps its own layout), ours where it
+    does not; vision_msgs' as installed; the standard messages are Kilted's."""
+    embedded: dict[str, Any] = {}
+    for conn in connections:
+        msgdef = conn.msgdef
+        if (conn.msgtype.startswith("cass_ros/") and msgdef.format == MessageDefinitionFormat.MSG
+                and msgdef.data):
+            types = get_types_from_msg(msgdef.data, conn.msgtype)
+            embedded.update({k: v for k, v in types.items() if k.startswith("cass_ros/")})
+    if not embedded:
+        return make_typestore()
+    store = get_typestore(Stores.ROS2_KILTED)
+    ours = make_typestore().fielddefs   # cass_ros's and (when installed) vision_msgs'
+    store.register({**{k: v for k, v in ours.items()
+                       if k.startswith(("cass_ros/", "vision_msgs/"))},
+                    **embedded})
+    return store
 
 
 def qos_profile(reliable: bool = True, transient_local: bool = False, depth: int = 10) -> Qos:
@@ -481,10 +503,12 @@ def objects_msg(ts: Typestore, header: Any, result: SegmentationResult,
     Presence = ts.types[OBJECT]
     Array = ts.types[OBJECTS]
     Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
+    Point = ts.types["geometry_msgs/msg/Point"]
     objects = []
     for f in objects_fields(result, min_pixels):
         f = dict(f)
         f["bbox"] = Roi(**f["bbox"])
+        f.update({k: Point(**f[k]) for k in POINT_FIELDS})
         objects.append(Presence(**f))
     return Array(header=header, class_names=list(result.class_names), objects=objects,
                  prompt_id=int(result.prompt_id),

@@ -28,6 +28,7 @@ class SegmentationResult:
     # present = pixel_count >= min_pixels
     present: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    confidence: np.ndarray | None = None  # (H, W) float32 probability of each pixel's label
 
     @property
     def size(self) -> tuple[int, int]:

@@ -419,4 +419,4 @@ class Segmenter:
             labels=labels_np, class_names=prompts.class_names, presence=presence.astype(np.float32),
             pixel_counts=counts, mean_confidence=mean_conf, boxes=boxes, prompt_id=prompts.prompt_id,
             probs=class_prob.cpu().numpy().astype(np.float32) if return_probs else None,
-            present=present)
+            present=present, confidence=own_np.astype(np.float32, copy=False))

@@ -4,6 +4,7 @@ frame that is ready, convert them, run them through the segmenter in one
 call, and publish labels, objects and (when wanted) the colour overlay and
 the vision_msgs detections ("Standard messages"). Each camera's temporal
 stream (docs/algorithm.md 5.6) lives here, fed only by this thread.
+With a matched depth image it also publishes the 3D outputs ("Depth to 3D").
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from rclpy.publisher import Publisher
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from ..core.depth import DepthError, ObjectGeometry, labelled_points, nearest_resize, object_geometry
 from ..core.result import SegmentationResult
 from ..core.temporal import StreamFrame, TemporalParams, TemporalStream, stamp_seconds
 from ..core.visualize import overlay
 from .cameras import Batch, Camera, CameraBoard
+from .depth_input import DepthFrame, DepthInput, Found, stamp_ns
+from .depth_messages import cloud_msg, detections_3d_msg
 from .image_conversion import ImageConversionError, to_rgb
 from .in_force import Work
 from .messages import color_image_msg, label_image_msg, objects_msg
@@ -42,6 +46,8 @@ class CameraOutputs:
     objects: Publisher
     detections: Publisher | None = None
     label_info: Publisher | None = None
+    detections_3d: Publisher | None = None   # cameras with depth, when vision_msgs is there
+    points: Publisher | None = None          # cameras with depth
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,24 @@ class _Frame:
     rgb: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Depth3D:
+    """A frame's 3D: the matched depth and the labels at its size."""
+
+    depth: DepthFrame
+    labels: np.ndarray         # (H, W) the result's labels at the depth image's size
+    geometry: ObjectGeometry
+
+
 class FrameWorker:
     """One daemon thread; ``stop`` (an Event shared with the node) ends it.
     Daemon, so that a process that exits never waits for a batch."""
 
     def __init__(self, board: CameraBoard[ImageMsg], outputs: Sequence[CameraOutputs],
                  work: Callable[[], Work | None], logger: RcutilsLogger,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, depth: DepthInput | None = None) -> None:
         self._board = board
+        self._depth = depth
         self._outputs = list(outputs)
         self._work = work
         self._log = logger
@@ -110,14 +126,18 @@ class FrameWorker:
         frames = self._convert(batch)
         if not frames:
             return
+        # depth that is there already; otherwise looked for again after
+        # inference, which gives a late depth image time to arrive
+        early = [self._find_depth(f, work) for f in frames]
         t0 = time.perf_counter()
         results = work.segmenter.segment([f.rgb for f in frames], prompts=work.prompts.prepared,
                                          output_size=work.runtime.output_size,
                                          streams=self._stream_frames(frames, work))
         batch_ms = (time.perf_counter() - t0) * 1000.0
-        for frame, result in zip(frames, results):
+        for frame, result, found in zip(frames, results, early):
             result.prompt_id = work.prompts.prompt_id
-            self._publish(frame, result, work, float(result.timings_ms.get("total", batch_ms)))
+            self._publish(frame, result, work, float(result.timings_ms.get("total", batch_ms)),
+                          found or self._find_depth(frame, work))
             frame.cam.done(time.monotonic(), frame.received, batch_ms)
 
     def _stream_frames(self, frames: list[_Frame], work: Work) -> list[StreamFrame | None] | None:
@@ -139,11 +159,15 @@ class FrameWorker:
         return out
 
     def _publish(self, frame: _Frame, result: SegmentationResult, work: Work,
-                 inference_ms: float) -> None:
+                 inference_ms: float, found: Found | None = None) -> None:
         out = self._outputs[frame.cam.index]
         header, runtime = frame.header, work.runtime
         out.labels.publish(label_image_msg(result, header))
-        out.objects.publish(objects_msg(result, header, runtime.min_pixels, inference_ms))
+        d3 = self._geometry(frame, result, work, found)
+        out.objects.publish(objects_msg(result, header, runtime.min_pixels, inference_ms,
+                                        d3.geometry if d3 else None))
+        if d3 is not None:
+            self._publish_3d(out, frame, result, work, d3)
         # Built like the overlay: only when someone listens, or when asked to.
         if out.detections is not None and (runtime.publish_detections
                                            or out.detections.get_subscription_count() > 0):
@@ -161,3 +185,47 @@ class FrameWorker:
             frame.cam.overlays += 1
             out.color.publish(color_image_msg(
                 overlay(rgb, result.labels, work.prompts.colors, runtime.color_alpha), header))
+
+    # ------------------------------------------------------------ depth to 3D
+
+    def _find_depth(self, frame: _Frame, work: Work) -> Found | None:
+        """(depth message, camera_info) matched to the frame's stamp, or None."""
+        if self._depth is None:
+            return None
+        return self._depth.find(frame.cam.index, stamp_ns(frame.header.stamp),
+                                work.runtime.depth_tolerance_s)
+
+    def _geometry(self, frame: _Frame, result: SegmentationResult, work: Work,
+                  found: Found | None) -> _Depth3D | None:
+        """The frame's per-class 3D, or None (no depth for this camera, none
+        matched, or unusable: counted, and the reason logged)."""
+        cam = frame.cam
+        if self._depth is None or self._depth.cameras[cam.index] is None:
+            return None
+        try:
+            depth = self._depth.prepare(cam.index, found, frame.rgb.shape[:2])
+        except DepthError as e:
+            self._log.warning(f"{cam.topic}: depth rejected: {e}", throttle_duration_sec=5.0)
+            return None
+        if depth is None:
+            return None
+        # output_size model: labels at the inference size, depth at the camera's
+        labels = nearest_resize(result.labels, depth.depth_m.shape)
+        geometry = object_geometry(labels, depth.depth_m, depth.intrinsics,
+                                   len(result.class_names), work.runtime.depth_trim_percent)
+        return _Depth3D(depth, labels, geometry)
+
+    def _publish_3d(self, out: CameraOutputs, frame: _Frame, result: SegmentationResult,
+                    work: Work, d3: _Depth3D) -> None:
+        runtime = work.runtime
+        if out.detections_3d is not None:
+            out.detections_3d.publish(detections_3d_msg(result, d3.geometry, frame.header,
+                                                         runtime.min_pixels))
+        # the cloud costs a pass over the image: only when someone listens
+        if out.points is not None and out.points.get_subscription_count() > 0:
+            conf = result.confidence
+            if conf is not None:
+                conf = nearest_resize(conf, d3.labels.shape)
+            points = labelled_points(d3.labels, d3.depth.depth_m, conf, d3.depth.intrinsics,
+                                     runtime.cloud_stride)
+            out.points.publish(cloud_msg(points, frame.header))

@@ -13,15 +13,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .depth_messages import geometry_fields
 from .image_conversion import labels_to_fields, rgb_to_fields
+from ..core.depth import ObjectGeometry
 from ..core.prompts import PromptSet
 from ..core.result import SegmentationResult
 from ..core.visualize import palette
 
 
-def objects_fields(result: SegmentationResult, min_pixels: int = 1) -> list[dict[str, Any]]:
+def objects_fields(result: SegmentationResult, min_pixels: int = 1,
+                   geometry: ObjectGeometry | None = None) -> list[dict[str, Any]]:
     """One ObjectPresence per prompted class, as field dictionaries (bbox:
-    RegionOfInterest fields). Built from ``result.objects`` so the JSON
+    RegionOfInterest fields; centroid, box_min, box_max: Point fields, zero
+    without ``geometry``). Built from ``result.objects`` so the JSON
     output and the messages cannot disagree."""
     out = []
     for obj in result.objects(min_pixels):
@@ -33,8 +37,12 @@ def objects_fields(result: SegmentationResult, min_pixels: int = 1) -> list[dict
             "mean_confidence": obj["mean_confidence"],
             "bbox": {"x_offset": x, "y_offset": y, "width": w, "height": h,
                      "do_rectify": False},
+            **geometry_fields(geometry, obj["class_id"]),
         })
     return out
+
+
+POINT_FIELDS = ("centroid", "box_min", "box_max")   # the geometry_msgs/Point fields
 
 
 def class_table_fields(prompt_set: PromptSet, prompt_id: int) -> dict[str, Any]:
@@ -75,9 +83,11 @@ def color_image_msg(rgb: np.ndarray, header: Any) -> Any:
 
 
 def objects_msg(result: SegmentationResult, header: Any, min_pixels: int = 1,
-                inference_ms: float = 0.0) -> Any:
-    """cass_ros/ObjectPresenceArray for one result, ``header`` copied."""
+                inference_ms: float = 0.0, geometry: ObjectGeometry | None = None) -> Any:
+    """cass_ros/ObjectPresenceArray for one result, ``header`` copied; the
+    3D fields from ``geometry`` (zero without)."""
     from cass_ros.msg import ObjectPresence, ObjectPresenceArray
+    from geometry_msgs.msg import Point
     from sensor_msgs.msg import RegionOfInterest
 
     msg = ObjectPresenceArray()
@@ -86,7 +96,7 @@ def objects_msg(result: SegmentationResult, header: Any, min_pixels: int = 1,
     msg.prompt_id = int(result.prompt_id)
     msg.inference_ms = float(inference_ms)
     objs = []
-    for f in objects_fields(result, min_pixels):
+    for f in objects_fields(result, min_pixels, geometry):
         o = ObjectPresence()
         o.class_id = f["class_id"]
         o.label = f["label"]
@@ -96,6 +106,8 @@ def objects_msg(result: SegmentationResult, header: Any, min_pixels: int = 1,
         o.area_fraction = f["area_fraction"]
         o.mean_confidence = f["mean_confidence"]
         o.bbox = RegionOfInterest(**f["bbox"])
+        o.depth_pixel_count = f["depth_pixel_count"]
+        o.centroid, o.box_min, o.box_max = (Point(**f[k]) for k in POINT_FIELDS)
         objs.append(o)
     msg.objects = objs
     return msg

@@ -47,9 +47,10 @@ from cass_ros.msg import ClassTable, ObjectPresenceArray
 from ..core.config import CassConfig, ConfigError
 from ..core.prompt_session import ActivePrompts
 from ..core.prompts import PromptError, PromptSet, check_prompt_set, parse_prompt_text
-from . import log_bridge
+from . import depth_wiring, log_bridge
 from . import params as node_params
 from .cameras import Camera, CameraBoard
+from .depth_input import DepthInput
 from .diagnostics import Facts, diagnostic_array, summary_line
 from .frame_worker import CameraOutputs, FrameWorker, ImageMsg
 from .image_conversion import cv_bridge_available
@@ -116,6 +117,7 @@ class CassNode(Node):
         self._board: CameraBoard[ImageMsg] | None = None
         self._frames: FrameWorker | None = None
         self._prompts: PromptWorker | None = None
+        self._depth: DepthInput | None = None
         self.context.on_shutdown(self.stop)
         try:
             self._setup()
@@ -207,6 +209,8 @@ class CassNode(Node):
         qos = image_qos(runtime)
         self._subscriptions_in = [self._subscribe_camera(cam, msg_type, qos)
                                   for cam in self._board.cameras]
+        self._depth, self._outputs = depth_wiring.attach(self, runtime, self._board.cameras,
+                                                         self._outputs, qos)
 
     def _camera_outputs(self, cam: Camera[ImageMsg]) -> CameraOutputs:
         base = f"cass/{cam.name}"
@@ -245,7 +249,7 @@ class CassNode(Node):
         self._prompts.start()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._frames = FrameWorker(self._board, self._outputs, self._in_force.work, logger,
-                                   self._stop)
+                                   self._stop, depth=self._depth)
         self._frames.start()
         active = self._in_force.session.active
         if active is not None:
@@ -362,7 +366,11 @@ class CassNode(Node):
 
     def camera_stats(self) -> list[dict[str, Any]]:
         """Per camera: counters, and rate / latency over the last seconds."""
-        return self._board.stats(time.monotonic()) if self._board is not None else []
+        stats = self._board.stats(time.monotonic()) if self._board is not None else []
+        if self._depth is not None:     # depth_matched / _unmatched / _rejected
+            for i, s in enumerate(stats):
+                s.update(self._depth.stats(i))
+        return stats
 
     def _facts(self) -> Facts:
         segmenter = self._in_force.segmenter

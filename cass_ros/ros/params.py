@@ -87,6 +87,11 @@ class RuntimeParams:
         """The per-camera temporal stream's parameters."""
         return TemporalParams(self.temporal_smoothing, self.temporal_reset_gap_s,
                               self.temporal_present_on_frames, self.temporal_present_off_frames)
+    depth_topics: tuple[str, ...] = ()          # per image topic; '' = none; () = off
+    depth_info_topics: tuple[str, ...] = ()     # () or '' = camera_info next to the depth topic
+    depth_tolerance_s: float = 0.02
+    depth_trim_percent: float = 5.0
+    cloud_stride: int = 4
 
     def validate(self) -> "RuntimeParams":
         _need(len(self.image_topics) > 0, "image_topics", "must name at least one topic")
@@ -113,13 +118,53 @@ class RuntimeParams:
         _need(self.output_size in OUTPUT_SIZES, "output_size",
               f"must be one of {', '.join(OUTPUT_SIZES)}, not {self.output_size!r}")
         self.temporal().validate(prefix="temporal_")
+        self._validate_depth()
         return self
+
+    def _validate_depth(self) -> None:
+        """Depth to 3D (docs/ros-interface.md, "Depth to 3D")."""
+        if self.depth_topics:
+            _need(len(self.depth_topics) == len(self.image_topics), "depth_topics",
+                  f"has {len(self.depth_topics)} entries for {len(self.image_topics)} "
+                  "image_topics (one per image topic, '' for none)")
+        named = [t for t in self.depth_topics if t]
+        for topic in named:
+            _need(_valid_topic(topic), "depth_topics", f"{topic!r} is not a valid topic name")
+        _need(len(set(named)) == len(named), "depth_topics", "names a topic twice")
+        if self.depth_info_topics:
+            _need(len(self.depth_info_topics) == len(self.depth_topics), "depth_info_topics",
+                  f"has {len(self.depth_info_topics)} entries for {len(self.depth_topics)} "
+                  "depth_topics (one per depth topic, '' for the one next to it)")
+            for topic in self.depth_info_topics:
+                _need(not topic or _valid_topic(topic), "depth_info_topics",
+                      f"{topic!r} is not a valid topic name")
+        _need(math.isfinite(self.depth_tolerance_s) and self.depth_tolerance_s >= 0,
+              "depth_tolerance_s", "must be >= 0 seconds")
+        _need(math.isfinite(self.depth_trim_percent) and 0 <= self.depth_trim_percent < 50,
+              "depth_trim_percent", "must be in [0, 50)")
+        _need(self.cloud_stride >= 1, "cloud_stride", "must be >= 1")
+
+    def depth_inputs(self) -> list[tuple[str, str] | None]:
+        """Per image topic: (depth topic, camera_info topic), or None for a
+        camera without depth. The default camera_info topic is the depth
+        topic's sibling (``/cam/depth/image_raw`` -> ``/cam/depth/camera_info``)."""
+        out: list[tuple[str, str] | None] = []
+        for i, topic in enumerate(self.depth_topics):
+            info = self.depth_info_topics[i] if self.depth_info_topics else ""
+            out.append((topic, info or camera_info_topic(topic)) if topic else None)
+        return out or [None] * len(self.image_topics)
 
     def cameras(self) -> list[str]:
         """Camera name per image topic: ``camera_names`` or derived."""
         if self.camera_names:
             return list(self.camera_names)
         return camera_names_for(self.image_topics)
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The camera_info topic next to an image topic (image_transport's rule)."""
+    head, _, _ = image_topic.rpartition("/")
+    return f"{head}/camera_info" if head or image_topic.startswith("/") else "camera_info"
 
 
 def _need(ok: bool, name: str, why: str) -> None:
@@ -171,6 +216,18 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("temporal_present_off_frames", RuntimeParams.temporal_present_off_frames,
               "Consecutive frames under min_pixels before a class turns absent (1 = at once)",
               "int", 1, 10000, runtime=True),
+    ParamSpec("depth_topics", list(RuntimeParams.depth_topics), "Aligned depth image per image "
+              "topic (16UC1 mm or 32FC1 m, the colour image's size); '' = none for that camera; "
+              "empty = no 3D", "list"),
+    ParamSpec("depth_info_topics", list(RuntimeParams.depth_info_topics), "camera_info per "
+              "depth topic; empty or '' = the camera_info next to the depth topic", "list"),
+    ParamSpec("depth_tolerance_s", RuntimeParams.depth_tolerance_s, "Largest stamp difference "
+              "between a colour frame and its depth image", "float", 0.0, 10.0, runtime=True),
+    ParamSpec("depth_trim_percent", RuntimeParams.depth_trim_percent, "Depth outliers trimmed "
+              "at each end per axis (3D box = this and 100 - this percentile)", "float",
+              0.0, 49.0, runtime=True),
+    ParamSpec("cloud_stride", RuntimeParams.cloud_stride, "Labelled point cloud: every n-th "
+              "pixel in rows and columns", "int", 1, 1024, runtime=True),
 )
 
 
@@ -415,6 +472,6 @@ __all__ = [
     "declare_all", "read_all", "settings_from_values", "config_from_values",
     "runtime_from_values", "prompt_set_from_values", "check_change", "check_prompt_set",
     "check_config_change", "ALGORITHM_NAMES",
-    "descriptor_for", "config_param_spec", "NODE_PARAM_SPECS",
+    "descriptor_for", "config_param_spec", "NODE_PARAM_SPECS", "camera_info_topic",
     "ConfigError", "PromptError",
 ]

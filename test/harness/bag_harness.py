@@ -143,10 +143,11 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory, sample_bag: Any,
 
 
 def read_bag(path: Path) -> dict[str, list[tuple[int, Any]]]:
-    """{topic: [(bag time, message)]} of a bag, with cass_ros's typestore."""
-    ts = bag_io.make_typestore()
+    """{topic: [(bag time, message)]} of a bag, with cass_ros's typestore
+    (the bag's own definitions of our messages where it embeds them)."""
     out: dict[str, list[tuple[int, Any]]] = {}
     with Reader(path) as reader:
+        ts = bag_io.reading_typestore(reader.connections)
         for conn, t, raw in reader.messages():
             out.setdefault(conn.topic, []).append((t, ts.deserialize_cdr(raw, conn.msgtype)))
     return out
