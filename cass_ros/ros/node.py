@@ -231,6 +231,9 @@ class CassNodeBase(Node):
             self._deactivate()
         if self._prompts is not None:
             self._prompts.close()
+            if not self._prompts.join(DEACTIVATE_WAIT_S):
+                self.get_logger().warning("a prompt encoding is still running: its memory "
+                                          "is freed when it ends")
         device = self._in_force.segmenter.device if self._in_force else None
         publishers, timers = self._configured_entities
         for timer in timers:

@@ -1,0 +1,301 @@
+"""cass_lifecycle_node, the managed node (docs/ros-interface.md, "Managed
+node"): the installed executable in its own process, driven through its
+lifecycle services over DDS (``<ns>/cass_node/change_state``,
+``<ns>/cass_node/get_state``) as a lifecycle manager or ``ros2 lifecycle``
+drives it, with the real segmenter on tiny random weights (the memory test:
+a mid-size random architecture, so that the drop is well above noise).
+
+The launch file's managed:=true autostart:=true runs for real where
+launch_pytest is installed (../shared/ros2), like test_launch.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from node_harness import (Harness, image_msg, ros_available, rss_kib, stamp_ns, start_node,
+                          stop_node, unique_namespace, wait_log)
+
+from cass_ros.ros.launch_args import node_overrides, ros_args
+
+_WHY = ros_available()
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+
+EXECUTABLE = "cass_lifecycle_node"
+LABELS = "cass/cam/segmentation"
+OBJECTS = "cass/cam/objects"
+CLASSES = "cass/classes"
+START_TIMEOUT = 90.0     # process start-up and discovery on 2 busy cores
+QUIET_S = 2.0            # how long "nothing is published" is watched
+
+
+class Managed:
+    """A cass_lifecycle_node process and a test node that drives it."""
+
+    def __init__(self, domain: int, args: list[str], log: Path) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from lifecycle_msgs.srv import ChangeState, GetState
+        from rcl_interfaces.srv import GetParameters, SetParameters
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from cass_ros.msg import ClassTable, ObjectPresenceArray
+
+        self.ns = unique_namespace("cass_managed")
+        self.log = log
+        self.proc = start_node(args + ["-r", f"__ns:={self.ns}"], log, executable=EXECUTABLE)
+        self.h = Harness(domain, self.ns)
+        self.h.subscribe(Image, LABELS)
+        self.h.subscribe(ObjectPresenceArray, OBJECTS)
+        self.h.subscribe(ClassTable, CLASSES, self.h.latched_qos())
+        self.h.subscribe(DiagnosticArray, "/diagnostics")
+        self.image_pub = self.h.node.create_publisher(Image, "cam/image_raw", 10)
+        self.prompt_pub = self.h.node.create_publisher(String, "cass/prompts", 10)
+        node = f"{self.ns}/cass_node"
+        self.change = self.h.node.create_client(ChangeState, f"{node}/change_state")
+        self.get = self.h.node.create_client(GetState, f"{node}/get_state")
+        self.set_params = self.h.node.create_client(SetParameters, f"{node}/set_parameters")
+        self.get_params = self.h.node.create_client(GetParameters, f"{node}/get_parameters")
+        for client in (self.change, self.get, self.set_params, self.get_params):
+            self.h.wait_for(lambda c=client: c.service_is_ready(), START_TIMEOUT,
+                            f"the service {client.srv_name}")
+        self.stamp = 1_000_000_000
+
+    def call(self, client: Any, request: Any, timeout: float = START_TIMEOUT) -> Any:
+        future = client.call_async(request)
+        self.h.wait_for(future.done, timeout, f"a reply of {client.srv_name}")
+        return future.result()
+
+    def state(self) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return self.call(self.get, GetState.Request()).current_state.label
+
+    def transition(self, transition_id: int) -> bool:
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        return self.call(self.change, request).success
+
+    def set_prompts(self, value: list[str]) -> Any:
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        request = SetParameters.Request(parameters=[Parameter(
+            name="prompts", value=ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY,
+                                                 string_array_value=value))])
+        return self.call(self.set_params, request).results[0]
+
+    def prompts(self) -> list[str]:
+        from rcl_interfaces.srv import GetParameters
+
+        reply = self.call(self.get_params, GetParameters.Request(names=["prompts"]))
+        return list(reply.values[0].string_array_value)
+
+    def send(self) -> int:
+        self.stamp += 1_000_000
+        rng = np.random.default_rng(self.stamp % 1000)
+        rgb = np.kron(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), np.ones((12, 16, 1),
+                                                                                np.uint8))
+        self.image_pub.publish(image_msg(rgb, self.stamp, "cam_optical"))
+        return self.stamp
+
+    def outputs_for(self, stamp: int, timeout: float = 60.0) -> tuple[Any, Any]:
+        """Frames until one yields labels and objects (DDS may drop the first
+        ones while the new subscription matches); the pair for the last."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for m in self.h.got(LABELS):
+                got = stamp_ns(m.header)
+                if got >= stamp:
+                    objects = self.h.wait_message(
+                        OBJECTS, lambda o, s=got: stamp_ns(o.header) == s, 30)
+                    return m, objects
+            time.sleep(0.3)
+            self.send()
+        raise AssertionError(f"no labels within {timeout:.0f} s")
+
+    def own_diagnostics(self) -> list[Any]:
+        return [m for m in self.h.got("/diagnostics")
+                if any(self.ns in s.name for s in m.status)]
+
+    def assert_silent(self, what: str) -> None:
+        """Frames go in for QUIET_S; nothing at all comes out."""
+        self.h.clear()
+        end = time.monotonic() + QUIET_S
+        while time.monotonic() < end:
+            self.send()
+            time.sleep(0.2)
+        for key in (LABELS, OBJECTS, CLASSES):
+            assert not self.h.got(key), f"{key} published while {what}"
+        assert not self.own_diagnostics(), f"/diagnostics published while {what}"
+
+    def output_publishers(self) -> int:
+        return self.h.node.count_publishers(self.h.topic(LABELS))
+
+    def close(self) -> int:
+        status = stop_node(self.proc)
+        self.h.close()
+        return status
+
+
+def _args(clip: str, dino: str, prompts: str = "person|pedestrian, car") -> list[str]:
+    overrides = node_overrides(image_topics="cam/image_raw", prompts=prompts, device="cpu")
+    return ros_args(overrides) + ros_args({"clip_weights": clip, "dino_weights": dino,
+                                           "short_side": 64, "background_classes": ["sky"],
+                                           "image_qos": "reliable"})
+
+
+def _table_names(table: Any) -> list[str]:
+    return list(table.class_names[1:])
+
+
+def test_transitions_outputs_and_prompts(ros_domain: int, tiny_weights: tuple[str, str],
+                                         tmp_path: Path) -> None:
+    """unconfigured -> inactive -> active -> inactive -> unconfigured ->
+    active -> shutdown: output only while active; prompts from the topic while
+    unconfigured and from the parameter while inactive are in force on
+    activation; the process ends with status 0 after the shutdown."""
+    from lifecycle_msgs.msg import Transition
+    from std_msgs.msg import String
+
+    m = Managed(ros_domain, _args(*tiny_weights), tmp_path / "node.log")
+    try:
+        assert m.state() == "unconfigured"
+        assert m.output_publishers() == 0          # no models, no publishers yet
+        m.h.wait_subscribers(m.prompt_pub)         # /cass/prompts exists from the start
+        m.assert_silent("unconfigured")
+        # a prompt message while unconfigured: checked and stored in the parameter
+        m.prompt_pub.publish(String(data="dog, cat|kitten"))
+        m.h.wait_for(lambda: m.prompts() == ["dog", "cat|kitten"], 20,
+                     "the prompt message stored in the parameter")
+        bad = m.set_prompts(["car\x07"])          # a bad set is refused while unconfigured too
+        assert not bad.successful and bad.reason
+
+        assert m.transition(Transition.TRANSITION_CONFIGURE)
+        assert m.state() == "inactive"
+        m.h.wait_for(lambda: m.output_publishers() >= 1, 20, "the output publishers")
+        assert m.h.node.count_subscribers(m.h.topic("cam/image_raw")) == 0
+        # while inactive a new set is encoded, not announced
+        assert m.set_prompts(["tree|bush", "road"]).successful
+        wait_log(m.proc, m.log, "prompt_id 2: tree, road", 60)
+        m.assert_silent("inactive")
+
+        assert m.transition(Transition.TRANSITION_ACTIVATE)
+        assert m.state() == "active"
+        table = m.h.wait_message(CLASSES, lambda t: t.prompt_id == 2, 30)
+        assert _table_names(table) == ["tree", "road"]
+        labels, objects = m.outputs_for(m.send())
+        assert (labels.height, labels.width) == (48, 64)
+        assert list(objects.class_names) == ["background", "tree", "road"]
+        assert objects.prompt_id == 2
+        diagnostics = m.h.wait_for(m.own_diagnostics, 10, "diagnostics while active")
+        assert diagnostics
+
+        assert m.transition(Transition.TRANSITION_DEACTIVATE)
+        assert m.state() == "inactive"
+        m.h.wait_for(lambda: m.h.node.count_subscribers(m.h.topic("cam/image_raw")) == 0, 20,
+                     "the camera subscription gone")
+        m.assert_silent("inactive after deactivate")
+
+        assert m.transition(Transition.TRANSITION_CLEANUP)
+        assert m.state() == "unconfigured"
+        m.h.wait_for(lambda: m.output_publishers() == 0, 20, "the output publishers gone")
+        m.assert_silent("unconfigured after cleanup")
+
+        # configured again: the stored parameters, the models loaded anew
+        assert m.transition(Transition.TRANSITION_CONFIGURE)
+        assert m.transition(Transition.TRANSITION_ACTIVATE)
+        labels, objects = m.outputs_for(m.send())
+        assert list(objects.class_names) == ["background", "tree", "road"]
+
+        assert m.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        m.proc.wait(timeout=30)
+        assert m.proc.returncode == 0
+    finally:
+        m.close()
+    log = m.log.read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert "finalized (shut down from active)" in log
+
+
+def test_configure_failure_leaves_it_unconfigured(ros_domain: int, tiny_weights: tuple[str, str],
+                                                   tmp_path: Path) -> None:
+    """Missing weights: configure fails with one line naming the parameter,
+    the node stays unconfigured and serves; shutdown from there is clean."""
+    from lifecycle_msgs.msg import Transition
+
+    clip, _ = tiny_weights
+    m = Managed(ros_domain, _args(clip, str(tmp_path / "missing_dino.pth")),
+                tmp_path / "node.log")
+    try:
+        assert not m.transition(Transition.TRANSITION_CONFIGURE)
+        assert m.state() == "unconfigured"
+        assert m.output_publishers() == 0
+        lines = [line for line in m.log.read_text().splitlines() if "configure failed" in line]
+        assert len(lines) == 1 and "dino_weights" in lines[0], lines
+        assert m.set_prompts(["car"]).successful          # still serving its parameters
+        assert m.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
+        m.proc.wait(timeout=30)
+        assert m.proc.returncode == 0
+    finally:
+        m.close()
+    assert "Traceback" not in m.log.read_text(errors="replace")
+
+
+def _mid_size_checkpoints(directory: Path) -> tuple[str, str, int]:
+    """Random CLIP (width 512, 4 layers, text 512 x 4) and DINO (512 x 4)
+    checkpoints of the loader's key names; (clip, dino, bytes of both)."""
+    import open_clip
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    clip = open_clip.model.CLIP(
+        embed_dim=512, quick_gelu=True,
+        vision_cfg=dict(image_size=64, layers=4, width=512, head_width=64, patch_size=16),
+        text_cfg=dict(width=512, heads=8, layers=4))
+    dino = timm.create_model("vit_base_patch8_224.dino", pretrained=False, num_classes=0,
+                             embed_dim=512, depth=4, num_heads=8, img_size=64)
+    paths, size = [], 0
+    for name, model in (("clip", clip), ("dino", dino)):
+        sd = model.state_dict()
+        size += sum(t.numel() * t.element_size() for t in sd.values())
+        paths.append(str(directory / f"mid_{name}.pt"))
+        torch.save(sd, paths[-1])
+    return paths[0], paths[1], size
+
+
+def test_cleanup_releases_memory(ros_domain: int, tmp_path: Path) -> None:
+    """RSS after cleanup drops by most of the models' size; shutdown from
+    inactive is clean."""
+    from lifecycle_msgs.msg import Transition
+
+    clip, dino, model_bytes = _mid_size_checkpoints(tmp_path)
+    m = Managed(ros_domain, _args(clip, dino, prompts="car"), tmp_path / "node.log")
+    try:
+        rss = {"unconfigured": rss_kib(m.proc.pid)}
+        assert m.transition(Transition.TRANSITION_CONFIGURE)
+        rss["inactive"] = rss_kib(m.proc.pid)
+        assert m.transition(Transition.TRANSITION_CLEANUP)
+        time.sleep(0.5)
+        rss["cleaned up"] = rss_kib(m.proc.pid)
+        assert m.transition(Transition.TRANSITION_CONFIGURE)
+        rss["configured again"] = rss_kib(m.proc.pid)
+        print(f"model weights {model_bytes / 2**20:.0f} MiB; RSS (MiB): "
+              + ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items()))
+        drop = (rss["inactive"] - rss["cleaned up"]) * 1024
+        assert drop > 0.7 * model_bytes, rss
+        # no growth from one configure to the next: what cleanup freed is reused
+        assert rss["configured again"] < rss["inactive"] + 0.5 * model_bytes / 1024, rss
+        assert m.transition(Transition.TRANSITION_INACTIVE_SHUTDOWN)
+        m.proc.wait(timeout=30)
+        assert m.proc.returncode == 0
+    finally:
+        m.close()
+    assert "Traceback" not in m.log.read_text(errors="replace")
