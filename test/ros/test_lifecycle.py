@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from node_harness import (Harness, image_msg, ros_available, rss_kib, stamp_ns, start_node,
                           stop_node, unique_namespace, wait_log)
+from test_launch import HAVE_LAUNCH, LAUNCH_FILE, SKIP_REASON
 
 from cass_ros.ros.launch_args import node_overrides, ros_args
 
@@ -299,3 +300,90 @@ def test_cleanup_releases_memory(ros_domain: int, tmp_path: Path) -> None:
     finally:
         m.close()
     assert "Traceback" not in m.log.read_text(errors="replace")
+
+
+# ------------------------------------------------------------------ launch file
+
+def test_launch_flags() -> None:
+    from cass_ros.ros.launch_args import LAUNCH_ARGUMENTS, launch_flag
+
+    assert {"managed", "autostart"} <= set(LAUNCH_ARGUMENTS)
+    assert [launch_flag("managed", v) for v in ("true", "True", "1", "false", "0", "", True)] \
+        == [True, True, True, False, False, False, True]
+    with pytest.raises(ValueError, match="autostart must be true or false"):
+        launch_flag("autostart", "yes please")
+
+
+if HAVE_LAUNCH:
+    import launch
+    import launch_pytest
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    MANAGED_NS = unique_namespace("lt_managed").lstrip("/")
+
+    def test_plain_node_is_the_default() -> None:
+        from launch.actions import DeclareLaunchArgument
+
+        description = PythonLaunchDescriptionSource(
+            str(LAUNCH_FILE)).try_get_launch_description_without_context()
+        defaults = {e.name: e.default_value[0].text for e in description.entities
+                    if isinstance(e, DeclareLaunchArgument)}
+        assert defaults["managed"] == "false" and defaults["autostart"] == "false"
+
+    @launch_pytest.fixture
+    def managed_launch(ros_domain, tiny_weights, tmp_path_factory):
+        clip, dino = tiny_weights
+        params = tmp_path_factory.mktemp("p") / "params.yaml"
+        params.write_text(
+            "/**:\n  ros__parameters:\n"
+            f"    clip_weights: {clip}\n    dino_weights: {dino}\n    short_side: 64\n"
+            "    background_classes: [sky]\n")
+        include = IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
+            launch_arguments={"params_file": str(params), "image_topics": "cam/image_raw",
+                              "prompts": "person|pedestrian, car", "device": "cpu",
+                              "namespace": MANAGED_NS, "managed": "true",
+                              "autostart": "true"}.items())
+        return launch.LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
+
+    @pytest.mark.launch(fixture=managed_launch)
+    def test_launch_managed_autostart_reaches_active(launch_context, ros_domain):
+        from lifecycle_msgs.srv import GetState
+
+        from cass_ros.msg import ObjectPresenceArray
+
+        h = Harness(ros_domain, f"/{MANAGED_NS}")
+        try:
+            h.subscribe(ObjectPresenceArray, OBJECTS)
+            get = h.node.create_client(GetState, f"/{MANAGED_NS}/cass_node/get_state")
+            pub = h.node.create_publisher(type(image_msg(np.zeros((4, 4, 3), np.uint8), 0, "")),
+                                          "cam/image_raw", 10)
+
+            def state() -> str | None:
+                if not get.service_is_ready():
+                    return None
+                future = get.call_async(GetState.Request())
+                h.wait_for(future.done, 30, "get_state")
+                return future.result().current_state.label
+
+            h.wait_for(lambda: state() == "active", 180, "the managed node active")
+            rgb = np.kron(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), np.ones((12, 16, 1),
+                                                                                   np.uint8))
+
+            def objects() -> list[Any]:
+                pub.publish(image_msg(rgb, 7_000_000_000, "cam"))
+                return h.got(OBJECTS)
+
+            got = h.wait_for(objects, 60, "objects from the autostarted node", poll=0.5)
+            assert list(got[-1].class_names) == ["background", "person", "car"]
+        finally:
+            h.close()
+else:
+    @pytest.mark.skip(reason=SKIP_REASON)
+    def test_plain_node_is_the_default() -> None:
+        """Runs where launch is installed."""
+
+    @pytest.mark.skip(reason=SKIP_REASON)
+    def test_launch_managed_autostart_reaches_active() -> None:
+        """Runs where launch_pytest exists."""
