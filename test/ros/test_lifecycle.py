@@ -249,6 +249,33 @@ def test_configure_failure_leaves_it_unconfigured(ros_domain: int, tiny_weights:
     assert "Traceback" not in m.log.read_text(errors="replace")
 
 
+def test_stop_during_configure(ros_domain: int, tiny_weights: tuple[str, str],
+                               tmp_path: Path) -> None:
+    """SIGINT while configure encodes many prompts (seconds): the process
+    ends at once with status 0 and one line, as cass_node does at start-up."""
+    import signal
+
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    many = ", ".join(f"thing{i}" for i in range(300))   # about 50 ms a name, no cache
+    m = Managed(ros_domain, _args(*tiny_weights, prompts=many), tmp_path / "node.log")
+    try:
+        request = ChangeState.Request()
+        request.transition.id = Transition.TRANSITION_CONFIGURE
+        m.change.call_async(request)
+        wait_log(m.proc, m.log, "encoding")     # the library's line as the encoding begins
+        t0 = time.monotonic()
+        m.proc.send_signal(signal.SIGINT)
+        assert m.proc.wait(timeout=30) == 0
+        elapsed = time.monotonic() - t0
+    finally:
+        m.close()
+    log = m.log.read_text(errors="replace")
+    assert elapsed < 3.0, f"{elapsed:.1f} s to stop"
+    assert "stopped (SIGINT)" in log and "Traceback" not in log, log[-3000:]
+
+
 def _mid_size_checkpoints(directory: Path) -> tuple[str, str, int]:
     """Random CLIP (width 512, 4 layers, text 512 x 4) and DINO (512 x 4)
     checkpoints of the loader's key names; (clip, dino, bytes of both)."""
