@@ -127,8 +127,8 @@ class CassNodeBase(Node):
         self._prompts: PromptWorker | None = None
         self._in_force: InForce | None = None   # None: not configured (no models)
         self._active = False                    # frames are taken and outputs published
-        self._configured_entities: tuple[list[Any], ...] = ([], [])  # (publishers, timers)
-        self._active_entities: tuple[list[Any], ...] = ([], [])      # (subscriptions, timers)
+        self._configured_entities: tuple[list[Any], list[Any]] = ([], [])  # publishers, timers
+        self._active_entities: tuple[list[Any], list[Any]] = ([], [])  # subscriptions, timers
         self.context.on_shutdown(self.stop)
         self._start_up(self._declare)
 
@@ -182,7 +182,7 @@ class CassNodeBase(Node):
             in_force.session.request(initial)
             in_force.session.activate(segmenter, initial)
         self._check_stop()
-        with self._created(self._configured_entities):
+        with self._created("publishers", self._configured_entities):
             self._make_interfaces(runtime)
         self._in_force = in_force
         self._prompts = PromptWorker(self._in_force, self._announce, self.get_logger(), self._stop)
@@ -193,7 +193,7 @@ class CassNodeBase(Node):
         runtime = self._in_force.runtime
         msg_type = CompressedImage if runtime.image_transport == "compressed" else Image
         qos = image_qos(runtime)
-        with self._created(self._active_entities):
+        with self._created("subscriptions", self._active_entities):
             self._subscriptions_in = [self._subscribe_camera(cam, msg_type, qos)
                                       for cam in self._board.cameras]
             self._start_workers()
@@ -246,17 +246,19 @@ class CassNodeBase(Node):
         memory.release(device, trim=True)
 
     @contextlib.contextmanager
-    def _created(self, into: tuple[list[Any], ...]) -> Iterator[None]:
-        """Collect what the block creates, into (publishers, timers) or
-        (subscriptions, timers), so that the inverse step destroys exactly
-        that (also what other parts add in _make_interfaces / _start_workers)."""
-        first = self.publishers if into is self._configured_entities else self.subscriptions
-        before = (set(map(id, first)), set(map(id, self.timers)))
+    def _created(self, kind: str, into: tuple[list[Any], list[Any]]) -> Iterator[None]:
+        """Collect the ``kind`` ("publishers" or "subscriptions") and timers
+        that the block creates into ``into``, so that the inverse step
+        destroys exactly those (also what other parts add in
+        _make_interfaces / _start_workers)."""
+        def now() -> tuple[list[Any], list[Any]]:
+            return list(getattr(self, kind)), list(self.timers)
+
+        before = [set(map(id, entities)) for entities in now()]
         try:
             yield
         finally:
-            first = self.publishers if into is self._configured_entities else self.subscriptions
-            for seen, entities, out in zip(before, (first, self.timers), into):
+            for seen, entities, out in zip(before, now(), into):
                 out.extend(e for e in entities if id(e) not in seen)
 
     @staticmethod
