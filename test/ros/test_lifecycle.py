@@ -329,6 +329,62 @@ def test_cleanup_releases_memory(ros_domain: int, tmp_path: Path) -> None:
     assert "Traceback" not in m.log.read_text(errors="replace")
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device (the CPU side: "
+                    "test_cleanup_releases_memory)")
+def test_cuda_memory_released(ros_domain: int, tiny_weights: tuple[str, str]) -> None:
+    """In-process on CUDA: deactivate hands the allocator's cache back (the
+    models stay), cleanup frees the models too."""
+    import torch
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from sensor_msgs.msg import Image
+
+    from cass_ros.msg import ObjectPresenceArray
+    from cass_ros.ros.lifecycle_node import CassLifecycleNode
+
+    mib = 2**20
+    ns = unique_namespace("cass_managed_cuda")
+    h = Harness(ros_domain, ns)
+    clip, dino = tiny_weights
+    args = ["--ros-args", *ros_args({"clip_weights": clip, "dino_weights": dino,
+                                     "device": "cuda", "short_side": 448, "prompts": ["car"],
+                                     "image_topics": ["cam/image_raw"]})]
+    node = CassLifecycleNode(cli_args=args, context=h.context, namespace=ns)
+    h.executor.add_node(node)
+    try:
+        base = torch.cuda.memory_allocated()
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        h.subscribe(ObjectPresenceArray, OBJECTS)
+        pub = h.node.create_publisher(Image, "cam/image_raw", 10)
+        h.wait_subscribers(pub)
+        rgb = np.kron(np.arange(48, dtype=np.uint8).reshape(4, 4, 3),
+                      np.ones((120, 160, 1), np.uint8))          # 480 x 640
+
+        def objects() -> list[Any]:
+            pub.publish(image_msg(rgb, 9_000_000_000, "cam"))
+            return h.got(OBJECTS)
+
+        h.wait_for(objects, 60, "objects on CUDA", poll=0.5)
+        cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        assert cached > 20 * mib, "the frame left too little in the cache to tell"
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        after = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        print(f"CUDA cache {cached / mib:.0f} MiB active, {after / mib:.0f} MiB after deactivate")
+        assert after < cached / 2
+        assert torch.cuda.memory_allocated() > base          # the models are still there
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert torch.cuda.memory_allocated() <= base + mib
+    finally:
+        node.destroy_node()
+        h.close()
+
+
 # ------------------------------------------------------------------ launch file
 
 def test_launch_flags() -> None:
