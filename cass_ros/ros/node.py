@@ -127,8 +127,9 @@ class CassNodeBase(Node):
         self._prompts: PromptWorker | None = None
         self._in_force: InForce | None = None   # None: not configured (no models)
         self._active = False                    # frames are taken and outputs published
-        self._configured_entities: tuple[list[Any], list[Any]] = ([], [])  # publishers, timers
-        self._active_entities: tuple[list[Any], list[Any]] = ([], [])  # subscriptions, timers
+        # what configure / activate created: (destroy method, entity)
+        self._configured_entities: list[tuple[str, Any]] = []
+        self._active_entities: list[tuple[str, Any]] = []
         self.context.on_shutdown(self.stop)
         self._start_up(self._declare)
 
@@ -182,7 +183,7 @@ class CassNodeBase(Node):
             in_force.session.request(initial)
             in_force.session.activate(segmenter, initial)
         self._check_stop()
-        with self._created("publishers", self._configured_entities):
+        with self._created(self._configured_entities):
             self._make_interfaces(runtime)
         self._in_force = in_force
         self._prompts = PromptWorker(self._in_force, self._announce, self.get_logger(), self._stop)
@@ -193,7 +194,7 @@ class CassNodeBase(Node):
         runtime = self._in_force.runtime
         msg_type = CompressedImage if runtime.image_transport == "compressed" else Image
         qos = image_qos(runtime)
-        with self._created("subscriptions", self._active_entities):
+        with self._created(self._active_entities):
             self._subscriptions_in = [self._subscribe_camera(cam, msg_type, qos)
                                       for cam in self._board.cameras]
             self._start_workers()
@@ -204,12 +205,7 @@ class CassNodeBase(Node):
         nothing is published afterwards), unsubscribe, and hand the cached
         CUDA memory back."""
         self._active = False
-        subscriptions, timers = self._active_entities
-        for timer in timers:
-            self.destroy_timer(timer)
-        for sub in subscriptions:
-            self.destroy_subscription(sub)
-        self._active_entities = ([], [])
+        self._destroy(self._active_entities)
         self._subscriptions_in = []
         self._frames_stop.set()
         if self._board is not None:
@@ -235,31 +231,33 @@ class CassNodeBase(Node):
                 self.get_logger().warning("a prompt encoding is still running: its memory "
                                           "is freed when it ends")
         device = self._in_force.segmenter.device if self._in_force else None
-        publishers, timers = self._configured_entities
-        for timer in timers:
-            self.destroy_timer(timer)
-        for pub in publishers:
-            self.destroy_publisher(pub)
-        self._configured_entities = ([], [])
+        self._destroy(self._configured_entities)
         self._prompts = self._in_force = self._board = self._frames = None
         self._outputs = []
         memory.release(device, trim=True)
 
-    @contextlib.contextmanager
-    def _created(self, kind: str, into: tuple[list[Any], list[Any]]) -> Iterator[None]:
-        """Collect the ``kind`` ("publishers" or "subscriptions") and timers
-        that the block creates into ``into``, so that the inverse step
-        destroys exactly those (also what other parts add in
-        _make_interfaces / _start_workers)."""
-        def now() -> tuple[list[Any], list[Any]]:
-            return list(getattr(self, kind)), list(self.timers)
+    # Node's entity lists and how each kind is destroyed.
+    _ENTITY_KINDS = (("publishers", "destroy_publisher"), ("subscriptions", "destroy_subscription"),
+                     ("timers", "destroy_timer"), ("clients", "destroy_client"),
+                     ("services", "destroy_service"))
 
-        before = [set(map(id, entities)) for entities in now()]
+    @contextlib.contextmanager
+    def _created(self, into: list[tuple[str, Any]]) -> Iterator[None]:
+        """Collect every ROS entity the block creates, as (destroy method
+        name, entity), so that the inverse step (``_destroy``) removes
+        exactly those, also what other parts add in _make_interfaces or
+        _start_workers."""
+        before = {id(e) for kind, _ in self._ENTITY_KINDS for e in getattr(self, kind)}
         try:
             yield
         finally:
-            for seen, entities, out in zip(before, now(), into):
-                out.extend(e for e in entities if id(e) not in seen)
+            into.extend((destroy, e) for kind, destroy in self._ENTITY_KINDS
+                        for e in list(getattr(self, kind)) if id(e) not in before)
+
+    def _destroy(self, entities: list[tuple[str, Any]]) -> None:
+        for destroy, entity in reversed(entities):
+            getattr(self, destroy)(entity)
+        entities.clear()
 
     @staticmethod
     def _initial_prompt_set(config: CassConfig) -> PromptSet | None:
