@@ -145,6 +145,20 @@ class Managed:
         return status
 
 
+def test_board_clear_forgets_pending_frames() -> None:
+    """Deactivate forgets the frames not taken yet (stale on activation);
+    the counters stay."""
+    from cass_ros.ros.cameras import CameraBoard
+
+    board: CameraBoard[str] = CameraBoard(["a", "b"], ["/a", "/b"])
+    for cam, msg in zip(board.cameras, ("frame a", "frame b")):
+        board.offer(cam, msg, now=1.0, max_rate_hz=0.0, waiting=False)
+    assert [c.pending.msg for c in board.cameras] == ["frame a", "frame b"]
+    board.clear()
+    assert [c.pending for c in board.cameras] == [None, None]
+    assert [c.received for c in board.cameras] == [1, 1]
+
+
 def _args(clip: str, dino: str, prompts: str = "person|pedestrian, car") -> list[str]:
     overrides = node_overrides(image_topics="cam/image_raw", prompts=prompts, device="cpu")
     return ros_args(overrides) + ros_args({"clip_weights": clip, "dino_weights": dino,
