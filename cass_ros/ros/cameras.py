@@ -153,6 +153,13 @@ class CameraBoard(Generic[Msg]):
                 c.pending = None
             return batch
 
+    def clear(self) -> None:
+        """Forget the frames not taken yet (a managed node deactivated:
+        they are stale when it activates again)."""
+        with self._cond:
+            for c in self.cameras:
+                c.pending = None
+
     def wake(self) -> None:
         """Re-check stop and readiness now (a stop, a first prompt set)."""
         with self._cond:

@@ -1,6 +1,7 @@
 """The node's depth subscriptions and 3D publishers (docs/ros-interface.md,
-"Depth to 3D"), created next to the image subscriptions when
-``depth_topics`` names a depth image for at least one camera.
+"Depth to 3D"), when ``depth_topics`` names a depth image for at least
+one camera: the publishers with the node's other outputs (configure), the
+subscriptions next to the image subscriptions (activate).
 
 Per camera with depth: the depth image and its camera_info go into a
 DepthInput slot; /cass/<cam>/detections_3d (vision_msgs/Detection3DArray,
@@ -32,11 +33,10 @@ CLOUD_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2,
 
 
 def attach(node: Node, runtime: RuntimeParams, cameras: Sequence[Camera[Any]],
-           outputs: Sequence[CameraOutputs], qos: QoSProfile
-           ) -> tuple[DepthInput | None, list[CameraOutputs]]:
-    """Subscribe the depth inputs (``qos``: the image subscriptions') and
-    add the 3D publishers to the cameras' outputs. (None, outputs) while
-    depth_topics is empty."""
+           outputs: Sequence[CameraOutputs]) -> tuple[DepthInput | None, list[CameraOutputs]]:
+    """The depth slots, and the 3D publishers added to the cameras' outputs
+    (at configure); ``subscribe`` adds the depth subscriptions (at
+    activate). (None, outputs) while depth_topics is empty."""
     inputs = runtime.depth_inputs()
     if not any(inputs):
         return None, list(outputs)
@@ -50,11 +50,6 @@ def attach(node: Node, runtime: RuntimeParams, cameras: Sequence[Camera[Any]],
         if pair is None:
             new_outputs.append(out)
             continue
-        depth_topic, info_topic = pair
-        node.create_subscription(Image, depth_topic,
-                                 lambda m, i=cam.index: depth.offer_depth(i, m), qos)
-        node.create_subscription(CameraInfo, info_topic,
-                                 lambda m, i=cam.index: depth.offer_info(i, m), qos)
         base = f"cass/{cam.name}"
         detections = None
         if missing is None:
@@ -68,3 +63,15 @@ def attach(node: Node, runtime: RuntimeParams, cameras: Sequence[Camera[Any]],
     node.get_logger().info("depth to 3D: " + ", ".join(
         f"{c.name} <- {p[0]} + {p[1]}" for c, p in zip(cameras, inputs) if p))
     return depth, new_outputs
+
+
+def subscribe(node: Node, depth: DepthInput, qos: QoSProfile) -> None:
+    """Each depth camera's image and camera_info subscriptions (``qos``: the
+    image subscriptions')."""
+    for index, cam in enumerate(depth.cameras):
+        if cam is None:
+            continue
+        node.create_subscription(Image, cam.depth_topic,
+                                 lambda m, i=index: depth.offer_depth(i, m), qos)
+        node.create_subscription(CameraInfo, cam.info_topic,
+                                 lambda m, i=index: depth.offer_info(i, m), qos)

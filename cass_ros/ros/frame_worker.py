@@ -86,11 +86,15 @@ class FrameWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def join(self) -> None:
+    def join(self, timeout_s: float = STOP_WAIT_S) -> None:
         """After ``stop`` is set: wait a moment for the batch in progress,
-        never longer (a CPU batch of full-size models takes seconds)."""
+        never longer (a CPU batch of full-size models takes seconds; a
+        managed node's deactivate waits longer, so nothing is published after it)."""
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(STOP_WAIT_S)
+            self._thread.join(timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _loop(self) -> None:
         while True:

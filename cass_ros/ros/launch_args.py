@@ -22,6 +22,9 @@ LAUNCH_ARGUMENTS: dict[str, str] = {
     "device": "auto, cpu, cuda or cuda:N (empty: the parameter file's)",
     "namespace": "Namespace of the node and its cass/... topics",
     "use_sim_time": "Use /clock (true/false)",
+    "managed": "Start the managed (lifecycle) node cass_lifecycle_node instead of cass_node "
+               "(true/false)",
+    "autostart": "With managed:=true, configure and activate it once started (true/false)",
 }
 
 
@@ -42,13 +45,19 @@ def node_overrides(image_topics: str = "", image_topic: str = "", prompts: str =
         out["prompts"] = ["|".join(names) for names in parse_prompt_text(prompts)]
     if device.strip():
         out["device"] = device.strip()
-    if isinstance(use_sim_time, str):
-        text = use_sim_time.strip().lower()
-        if text not in ("true", "false", "1", "0", ""):
-            raise ValueError(f"use_sim_time must be true or false, not {use_sim_time!r}")
-        use_sim_time = text in ("true", "1")
-    out["use_sim_time"] = bool(use_sim_time)
+    out["use_sim_time"] = launch_flag("use_sim_time", use_sim_time)
     return out
+
+
+def launch_flag(name: str, value: str | bool) -> bool:
+    """A true/false launch argument (also 1/0; empty is false); ValueError
+    naming the argument otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", ""):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return text in ("true", "1")
 
 
 def ros_args(overrides: dict[str, Any]) -> list[str]:

@@ -17,16 +17,24 @@ module is the wiring, each concern has its own unit:
 - diagnostics: a timer publishes /diagnostics and logs a summary line;
 - stopping: SIGINT, SIGTERM or the context shut down stop it at once,
   during start-up as in steady state.
+
+The wiring is four steps, shared with the managed node (lifecycle_node.py,
+docs/ros-interface.md, "Managed node"): ``_declare`` (parameters, the
+parameter callback, /cass/prompts), ``_configure`` (models, prompt set,
+publishers, prompt thread), ``_activate`` (image subscriptions, inference
+thread, diagnostics) and their inverses ``_deactivate`` / ``_cleanup``.
+CassNode runs the first three in its constructor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import rclpy
@@ -47,7 +55,7 @@ from cass_ros.msg import ClassTable, ObjectPresenceArray
 from ..core.config import CassConfig, ConfigError
 from ..core.prompt_session import ActivePrompts
 from ..core.prompts import PromptError, PromptSet, check_prompt_set, parse_prompt_text
-from . import depth_wiring, log_bridge
+from . import depth_wiring, log_bridge, memory
 from . import params as node_params
 from .cameras import Camera, CameraBoard
 from .depth_input import DepthInput
@@ -66,6 +74,7 @@ if TYPE_CHECKING:  # torch loads in _load_segmenter, after the parameter checks
 NODE_NAME = "cass_node"
 DIAG_PERIOD_S = 1.0        # /diagnostics
 SUMMARY_PERIOD_S = 5.0     # the summary line in the log
+DEACTIVATE_WAIT_S = 30.0   # deactivate waits this long for the batch in progress
 
 # QoS of docs/ros-interface.md, QoS.
 _RELIABLE = ReliabilityPolicy.RELIABLE
@@ -105,9 +114,10 @@ def names_prompts(prompts: Sequence[str], classes_file: str) -> bool:
     return any(str(p).strip() for p in prompts) or bool(classes_file)
 
 
-class CassNode(Node):
-    """The CASS segmentation node. Raises StartupError when it cannot start,
-    StopRequested when it is stopped while starting."""
+class CassNodeBase(Node):
+    """The node's state and steps, shared by CassNode and the managed
+    CassLifecycleNode. The constructor declares the parameters (``_declare``);
+    raises StartupError when it cannot, StopRequested when it is stopped."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -116,11 +126,23 @@ class CassNode(Node):
         self._log_handler = log_bridge.attach(self.get_logger())
         self._board: CameraBoard[ImageMsg] | None = None
         self._frames: FrameWorker | None = None
+        self._frames_stop = threading.Event()   # per activation; set by deactivate and stop
         self._prompts: PromptWorker | None = None
         self._depth: DepthInput | None = None
+        self._in_force: InForce | None = None   # None: not configured (no models)
+        self._active = False                    # frames are taken and outputs published
+        # what configure / activate created: (destroy method, entity)
+        self._configured_entities: list[tuple[str, Any]] = []
+        self._active_entities: list[tuple[str, Any]] = []
         self.context.on_shutdown(self.stop)
+        self._start_up(self._declare)
+
+    def _start_up(self, *steps: Any) -> None:
+        """Run start-up steps; a failure destroys the node and raises
+        StartupError (one line), a stop raises StopRequested."""
         try:
-            self._setup()
+            for step in steps:
+                step()
         except (ConfigError, PromptError) as e:
             self.destroy_node()
             raise StartupError(_one_line(str(e))) from None
@@ -134,8 +156,18 @@ class CassNode(Node):
 
     # ------------------------------------------------------------------ setup
 
-    def _setup(self) -> None:
+    def _declare(self) -> None:
+        """Parameters, the parameter callback and /cass/prompts: they work in
+        every state (a managed node validates and stores changes until
+        configured)."""
         node_params.declare_all(self)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._sub_prompts = self.create_subscription(String, "cass/prompts", self._on_prompt_text,
+                                                     PROMPTS_QOS)
+
+    def _configure(self) -> None:
+        """Read the parameters, load the models, encode the start-up prompt
+        set, create the publishers and start the prompt thread."""
         config, runtime = node_params.settings_from_values(node_params.read_all(self))
         # Prompts are checked before the models load, so a bad prompt or an
         # unreadable classes_file fails in a second, not after the weights.
@@ -149,15 +181,90 @@ class CassNode(Node):
         self._check_stop()
         segmenter = self._load_segmenter(config)
         self.get_logger().info(f"model: {segmenter.describe()}")
-        self._in_force = InForce(segmenter, runtime)
+        in_force = InForce(segmenter, runtime)
         if initial is not None:
             self._check_stop()
-            self._in_force.session.request(initial)
-            self._in_force.session.activate(segmenter, initial)
+            in_force.session.request(initial)
+            in_force.session.activate(segmenter, initial)
         self._check_stop()
-        self._make_interfaces(runtime)
-        self._start_workers()
+        with self._created(self._configured_entities):
+            self._make_interfaces(runtime)
+        self._in_force = in_force
+        self._prompts = PromptWorker(self._in_force, self._announce, self.get_logger(), self._stop,
+                                     settings_applied=self._publish_label_info)
+        self._prompts.start()
+
+    def _activate(self) -> None:
+        """Subscribe to the cameras and start the inference thread."""
+        runtime = self._in_force.runtime
+        msg_type = CompressedImage if runtime.image_transport == "compressed" else Image
+        qos = image_qos(runtime)
+        with self._created(self._active_entities):
+            self._subscriptions_in = [self._subscribe_camera(cam, msg_type, qos)
+                                      for cam in self._board.cameras]
+            if self._depth is not None:
+                depth_wiring.subscribe(self, self._depth, qos)
+            self._start_workers()
         self._log_ready(runtime)
+
+    def _deactivate(self) -> None:
+        """Stop the inference thread (the batch in progress finishes first:
+        nothing is published afterwards), unsubscribe, and hand the cached
+        CUDA memory back."""
+        self._active = False
+        self._destroy(self._active_entities)
+        self._subscriptions_in = []
+        self._frames_stop.set()
+        if self._board is not None:
+            self._board.wake()
+        if self._frames is not None:
+            self._frames.join(DEACTIVATE_WAIT_S)
+            if self._frames.alive():
+                self.get_logger().warning(
+                    f"the inference thread did not stop within {DEACTIVATE_WAIT_S:.0f} s")
+        self._frames = None
+        if self._board is not None:
+            self._board.clear()       # frames from before: stale on activation
+        memory.release(self._in_force.segmenter.device if self._in_force else None, trim=False)
+
+    def _cleanup(self) -> None:
+        """Drop the models, the prompt session and the publishers (the
+        parameters keep their values)."""
+        if self._active:
+            self._deactivate()
+        if self._prompts is not None:
+            self._prompts.close()
+            if not self._prompts.join(DEACTIVATE_WAIT_S):
+                self.get_logger().warning("a prompt encoding is still running: its memory "
+                                          "is freed when it ends")
+        device = self._in_force.segmenter.device if self._in_force else None
+        self._destroy(self._configured_entities)
+        self._prompts = self._in_force = self._board = self._frames = self._depth = None
+        self._outputs = []
+        memory.release(device, trim=True)
+
+    # Node's entity lists and how each kind is destroyed.
+    _ENTITY_KINDS = (("publishers", "destroy_publisher"), ("subscriptions", "destroy_subscription"),
+                     ("timers", "destroy_timer"), ("clients", "destroy_client"),
+                     ("services", "destroy_service"))
+
+    @contextlib.contextmanager
+    def _created(self, into: list[tuple[str, Any]]) -> Iterator[None]:
+        """Collect every ROS entity the block creates, as (destroy method
+        name, entity), so that the inverse step (``_destroy``) removes
+        exactly those, also what other parts add in _make_interfaces or
+        _start_workers."""
+        before = {id(e) for kind, _ in self._ENTITY_KINDS for e in getattr(self, kind)}
+        try:
+            yield
+        finally:
+            into.extend((destroy, e) for kind, destroy in self._ENTITY_KINDS
+                        for e in list(getattr(self, kind)) if id(e) not in before)
+
+    def _destroy(self, entities: list[tuple[str, Any]]) -> None:
+        for destroy, entity in reversed(entities):
+            getattr(self, destroy)(entity)
+        entities.clear()
 
     @staticmethod
     def _initial_prompt_set(config: CassConfig) -> PromptSet | None:
@@ -194,8 +301,6 @@ class CassNode(Node):
         # Relative names: /cass/... in the root namespace, /<ns>/cass/... in a namespace.
         self._pub_classes = self.create_publisher(ClassTable, "cass/classes", LATCHED_QOS)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._sub_prompts = self.create_subscription(String, "cass/prompts", self._on_prompt_text,
-                                                     PROMPTS_QOS)
         compressed = runtime.image_transport == "compressed"
         topics = [t.rstrip("/") + "/compressed" if compressed else t for t in runtime.image_topics]
         self._board = CameraBoard(runtime.cameras(), topics)
@@ -205,12 +310,8 @@ class CassNode(Node):
                                       f"off: {self._vision_off}")
         self._class_header: Header | None = None      # of the class table in force
         self._outputs = [self._camera_outputs(cam) for cam in self._board.cameras]
-        msg_type = CompressedImage if compressed else Image
-        qos = image_qos(runtime)
-        self._subscriptions_in = [self._subscribe_camera(cam, msg_type, qos)
-                                  for cam in self._board.cameras]
         self._depth, self._outputs = depth_wiring.attach(self, runtime, self._board.cameras,
-                                                         self._outputs, qos)
+                                                         self._outputs)
 
     def _camera_outputs(self, cam: Camera[ImageMsg]) -> CameraOutputs:
         base = f"cass/{cam.name}"
@@ -243,14 +344,15 @@ class CassNode(Node):
         return self.create_subscription(msg_type, cam.topic, callback, qos)
 
     def _start_workers(self) -> None:
-        logger = self.get_logger()
-        self._prompts = PromptWorker(self._in_force, self._announce, logger, self._stop,
-                                     settings_applied=self._publish_label_info)
-        self._prompts.start()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._frames = FrameWorker(self._board, self._outputs, self._in_force.work, logger,
-                                   self._stop, depth=self._depth)
+        """On activation: the inference thread, the class table in force
+        (prompts accepted while inactive included), diagnostics."""
+        self._frames_stop = threading.Event()
+        if self._stop.is_set():
+            self._frames_stop.set()
+        self._frames = FrameWorker(self._board, self._outputs, self._in_force.work,
+                                   self.get_logger(), self._frames_stop, depth=self._depth)
         self._frames.start()
+        self._active = True
         active = self._in_force.session.active
         if active is not None:
             self._publish_class_table(active)
@@ -274,8 +376,11 @@ class CassNode(Node):
 
     def _on_image(self, msg: ImageMsg, cam: Camera[ImageMsg],
                   info: rclpy.subscription.MessageInfo | None = None) -> None:
-        self._board.offer(cam, msg, time.monotonic(), self._in_force.runtime.max_rate_hz,
-                          self._in_force.waiting, info)
+        board, in_force = self._board, self._in_force
+        if not self._active or board is None or in_force is None:
+            return      # a callback already under way while the node deactivates
+        board.offer(cam, msg, time.monotonic(), in_force.runtime.max_rate_hz,
+                    in_force.waiting, info)
 
     # ---------------------------------------------------------------- prompts
 
@@ -287,19 +392,25 @@ class CassNode(Node):
             classes = parse_prompt_text(msg.data)
             check_prompt_set(PromptSet(classes=tuple(classes)))
         except PromptError as e:
-            self.get_logger().warning(f"prompt message rejected, "
-                                      f"{keeping(self._in_force.session)}: {e}")
+            self.get_logger().warning(f"prompt message rejected, {self._keeping()}: {e}")
             return
         value = ["|".join(names) for names in classes]
         result = self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, value)])[0]
         if not result.successful:
-            self.get_logger().warning(f"prompt message rejected, "
-                                      f"{keeping(self._in_force.session)}: {result.reason}")
+            self.get_logger().warning(f"prompt message rejected, {self._keeping()}: "
+                                      f"{result.reason}")
+
+    def _keeping(self) -> str:
+        if self._in_force is None:
+            return "keeping the prompt parameters (node not configured)"
+        return keeping(self._in_force.session)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         changes = _changes(params)
         if not changes:
             return SetParametersResult(successful=True)
+        if self._in_force is None:
+            return self._store_unconfigured(changes)
         try:
             runtime, prompt_set, config = self._check_changes(changes)
             new_prompts = prompt_set is not None and self._in_force.session.request(prompt_set)
@@ -316,6 +427,18 @@ class CassNode(Node):
             self._prompts.submit_config(config)
         if new_prompts:
             self._prompts.submit_prompts(prompt_set)
+        return SetParametersResult(successful=True)
+
+    def _store_unconfigured(self, changes: dict[str, Any]) -> SetParametersResult:
+        """Not configured (a managed node): the change is checked as
+        configure will read it, then only stored in the parameter."""
+        try:
+            values = dict(node_params.read_all(self), **changes)
+            self._initial_prompt_set(node_params.settings_from_values(values)[0])
+        except (ConfigError, PromptError) as e:
+            reason = _one_line(str(e))
+            self.get_logger().warning(f"parameter change rejected: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
     def _check_changes(self, changes: dict[str, Any]
@@ -337,8 +460,10 @@ class CassNode(Node):
 
     def _announce(self, active: ActivePrompts) -> None:
         """On the prompt thread, once a set is active: the class table, and
-        the frame that waited for prompts is segmented right away."""
-        self._publish_class_table(active)
+        the frame that waited for prompts is segmented right away. While
+        inactive nothing is published: activation publishes the table."""
+        if self._active:
+            self._publish_class_table(active)
         if self._board is not None:
             self._board.wake()
 
@@ -352,12 +477,16 @@ class CassNode(Node):
     def _publish_label_info(self) -> None:
         """/cass/<cam>/label_info (latched): the class map in force with the
         prob_threshold in force, under the class table's header (its stamp
-        ties the two); again after a settings change."""
-        active, header = self._in_force.session.active, self._class_header
+        ties the two); again after a settings change. Not while inactive:
+        activation publishes it with the class table."""
+        in_force = self._in_force
+        if not self._active or in_force is None:
+            return
+        active, header = in_force.session.active, self._class_header
         publishers = [out.label_info for out in self._outputs if out.label_info is not None]
         if active is None or header is None or not publishers:
             return
-        threshold = self._in_force.segmenter.config.prob_threshold
+        threshold = in_force.segmenter.config.prob_threshold
         msg = label_info_msg(active.prompt_set, header, threshold)
         for pub in publishers:
             pub.publish(msg)
@@ -402,6 +531,7 @@ class CassNode(Node):
         """Stop the inference and prompt threads without waiting for a
         prompt encoding; also the context's on_shutdown callback."""
         self._stop.set()
+        self._frames_stop.set()
         if self._board is not None:
             self._board.wake()
         if self._prompts is not None:
@@ -418,6 +548,20 @@ class CassNode(Node):
         log_bridge.detach(self._log_handler)
         super().destroy_node()
 
+    def serve(self) -> None:
+        """Process callbacks until the context shuts down."""
+        rclpy.spin(self)
+
+
+class CassNode(CassNodeBase):
+    """The CASS segmentation node: configured and active once constructed.
+    Raises StartupError when it cannot start, StopRequested when it is
+    stopped while starting."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._start_up(self._configure, self._check_stop, self._activate)
+
 
 def _changes(params: Sequence[Parameter]) -> dict[str, Any]:
     """Our parameters among ``params``, string arrays as lists of str."""
@@ -433,10 +577,12 @@ def _changes(params: Sequence[Parameter]) -> dict[str, Any]:
     return changes
 
 
-def run(args: list[str] | None = None, signals: StopSignals | None = None) -> int:
+def run(args: list[str] | None = None, signals: StopSignals | None = None,
+        make_node: Callable[[StopSignals], CassNodeBase] | None = None) -> int:
     """Run the node until it is stopped; the exit status (docs/ros-interface.md,
     Executables): 0 for a requested stop, 1 when it cannot start. ``signals``:
-    handlers an entry script installed before importing this module."""
+    handlers an entry script installed before importing this module;
+    ``make_node``: the node to run (default CassNode)."""
     signals = signals or StopSignals()  # before rclpy.init, whose handler calls ours
     node = None
     status = 0
@@ -444,9 +590,9 @@ def run(args: list[str] | None = None, signals: StopSignals | None = None) -> in
         try:
             rclpy.init(args=args if args is not None else sys.argv,
                        signal_handler_options=SignalHandlerOptions.ALL)
-            node = CassNode()
+            node = make_node(signals) if make_node is not None else CassNode()
             signals.note_only()     # rclpy's handler ends the spin from here on
-            rclpy.spin(node)
+            node.serve()
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(str(e))
             status = 1
@@ -465,12 +611,13 @@ def run(args: list[str] | None = None, signals: StopSignals | None = None) -> in
     return status
 
 
-def main(args: list[str] | None = None, signals: StopSignals | None = None) -> NoReturn:
+def main(args: list[str] | None = None, signals: StopSignals | None = None,
+         make_node: Callable[[StopSignals], CassNodeBase] | None = None) -> NoReturn:
     """Entry point of ``cass_node`` (``ros2 run cass_ros cass_node``): ``run``,
     then end the process at once (stopping.quick_exit). In-process callers use
     ``run``."""
     try:
-        status = run(args, signals)
+        status = run(args, signals, make_node)
     except StopRequested:       # a signal in the instant before the clean-up
         status = 0
     quick_exit(status)

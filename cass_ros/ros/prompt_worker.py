@@ -50,6 +50,13 @@ class PromptWorker:
         """Let the thread end after the job in progress (not waited for)."""
         self._jobs.put(None)
 
+    def join(self, timeout_s: float) -> bool:
+        """After ``close``: wait up to ``timeout_s`` for the thread to end (a
+        managed node's cleanup, so that what it holds is freed); whether it did."""
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
     def submit_prompts(self, prompt_set: PromptSet) -> None:
         """A set PromptSession.request accepted as new."""
         self._jobs.put(lambda: self._activate(prompt_set))

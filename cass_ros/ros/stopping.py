@@ -24,7 +24,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -55,6 +55,16 @@ class StopSignals:
     def note_only(self) -> None:
         """From here on a signal is only noted (spinning, cleaning up)."""
         self._interrupt = False
+
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Signals raise StopRequested again during the block (a managed
+        node's configure: model loading runs while it spins)."""
+        before, self._interrupt = self._interrupt, True
+        try:
+            yield
+        finally:
+            self._interrupt = before
 
     def restore(self) -> None:
         for s, handler in self._previous.items():

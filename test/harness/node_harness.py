@@ -164,15 +164,16 @@ def stamp_ns(header: Any) -> int:
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
-def node_executable() -> str:
-    """The installed cass_node script (what `ros2 run cass_ros cass_node` runs)."""
+def node_executable(name: str = "cass_node") -> str:
+    """The installed cass_node script (what `ros2 run cass_ros cass_node` runs),
+    or another of the package's executables."""
     from ament_index_python.packages import get_package_prefix
 
-    return str(Path(get_package_prefix("cass_ros")) / "lib" / "cass_ros" / "cass_node")
+    return str(Path(get_package_prefix("cass_ros")) / "lib" / "cass_ros" / name)
 
 
 def start_node(extra_args: list[str], log_path: Path, params_file: Path = CONFIG,
-               ignore_sigint: bool = False) -> subprocess.Popen:
+               ignore_sigint: bool = False, executable: str = "cass_node") -> subprocess.Popen:
     """``cass_node --ros-args --params-file config/cass.yaml <extra_args>`` as
     a subprocess, output to ``log_path``. ``ignore_sigint``: started with
     SIGINT set to SIG_IGN, as the shell starts a background job of a script."""
@@ -181,7 +182,7 @@ def start_node(extra_args: list[str], log_path: Path, params_file: Path = CONFIG
     def ignore() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    cmd = [node_executable(), "--ros-args", "--params-file", str(params_file), *extra_args]
+    cmd = [node_executable(executable), "--ros-args", "--params-file", str(params_file), *extra_args]
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_node
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
                             preexec_fn=ignore if ignore_sigint else None)
