@@ -25,6 +25,7 @@ class SegmentationResult:
     prompt_id: int = 0
     probs: np.ndarray | None = None   # (K, H, W) float32, before the threshold
     timings_ms: dict[str, float] = field(default_factory=dict)
+    heads: np.ndarray | None = None   # (crops, h) int64 head matching per crop (segment's return_heads)
 
     @property
     def size(self) -> tuple[int, int]:

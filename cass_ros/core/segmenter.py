@@ -35,7 +35,7 @@ from .preprocess import (
 from .presence import adjust_text, class_presence, patch_logits, per_class_max, presence_similarity
 from .prompts import PromptSet
 from .result import SegmentationResult, label_statistics
-from .spectral import SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
+from .spectral import FusionInfo, SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
 from .text import TextEmbedder, cluster_names
 from .timing import StageTimer
 from .vit_features import ClipVision, DinoKeys
@@ -222,12 +222,15 @@ class Segmenter:
 
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], prompts: PreparedPrompts,
-                return_probs: bool = False, output_size: str = "input") -> list[SegmentationResult]:
+                return_probs: bool = False, output_size: str = "input",
+                return_heads: bool = False) -> list[SegmentationResult]:
         """Segment RGB uint8 images (H, W, 3), possibly of different sizes.
 
         ``output_size``: ``input`` gives labels at each image's size,
         ``model`` at the resized (short side) size. Every result carries
-        the call's ``timings_ms`` (STAGES and ``total``).
+        the call's ``timings_ms`` (STAGES and ``total``). ``return_heads``
+        fills ``result.heads`` with the head matching's choice per crop
+        (docs/algorithm.md 3.5), for the device comparisons (core.agreement).
         """
         self._check_call(images, output_size)
         if not images:
@@ -240,14 +243,16 @@ class Segmenter:
         # 4.1: in sliding-window mode the presence prior uses the whole image.
         if cfg.slide_crop and not cfg.crop_global_vector:
             batch.image_g = self._whole_image_vectors(batch.clip_full)  # (I, E)
-        canvas, image_r = self._accumulate(batch, groups, prompts)
+        canvas, image_r, heads = self._accumulate(batch, groups, prompts)
         with self._timer("postprocess"):
             results = [self._labels(self._output_logits(canvas, batch, i, image, output_size),
                                     image_r[i], prompts, return_probs)
                        for i, image in enumerate(images)]
         timings = self._timer.timings_ms()
-        for res in results:
+        for i, res in enumerate(results):
             res.timings_ms = dict(timings)
+            if return_heads and heads[i]:
+                res.heads = np.stack(heads[i])
         return results
 
     def _upload(self, images: Sequence[np.ndarray]) -> _Batch:
@@ -274,19 +279,25 @@ class Segmenter:
         return groups
 
     def _accumulate(self, batch: _Batch, groups: dict[tuple[int, int], list[_Crop]],
-                    prompts: PreparedPrompts) -> tuple[torch.Tensor, torch.Tensor]:
+                    prompts: PreparedPrompts
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[np.ndarray]]]:
         """Every crop through the model, its logits averaged into the canvas
         (5.1, 5.2): canvas (C, sum HW) over names, and the reported presence
         (I, C): each image's prior, or with the Cityscapes rule (4.1) the max
-        over its crops' own priors."""
+        over its crops' own priors. Also each image's head choices, one
+        (h,) row per crop (empty for ``vanilla``)."""
         # All resized images share one flat canvas; each crop's pixels are
         # summed in with one index_add, then divided by the coverage.
         n_names, n_pixels = len(prompts.names), int(batch.offsets[-1])
         canvas = torch.zeros(n_names, n_pixels, device=self.device)
         coverage = torch.zeros(n_pixels, device=self.device)
         image_r = torch.full((len(batch.resized), n_names), float("-inf"), device=self.device)
+        heads: list[list[np.ndarray]] = [[] for _ in batch.resized]
         for (ch, cw), group in groups.items():
-            logits, r = self._forward_crops(group, batch, prompts)
+            logits, r, info = self._forward_crops(group, batch, prompts)
+            if info is not None:
+                for crop, col in zip(group, info.col):
+                    heads[crop.image].append(col)
             with self._timer("postprocess"):
                 logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)
                 index = self._crop_index(group, batch.resized, batch.offsets, (ch, cw))
@@ -295,7 +306,7 @@ class Segmenter:
                 owner = torch.tensor([c.image for c in group], device=self.device)
                 image_r.scatter_reduce_(0, owner[:, None].expand_as(r), r, reduce="amax")
         canvas /= coverage
-        return canvas, image_r
+        return canvas, image_r, heads
 
     @staticmethod
     def _output_logits(canvas: torch.Tensor, batch: _Batch, i: int, image: np.ndarray,
@@ -336,8 +347,9 @@ class Segmenter:
         return torch.stack(out)  # type: ignore[arg-type]
 
     def _forward_crops(self, crops: list[_Crop], batch: _Batch, prompts: PreparedPrompts
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crops of one size -> logits (B, C, gh, gw) and presence similarity r (B, C)."""
+                       ) -> tuple[torch.Tensor, torch.Tensor, FusionInfo | None]:
+        """Crops of one size -> logits (B, C, gh, gw), presence similarity r
+        (B, C) and what the head matching chose (None for ``vanilla``)."""
         need_dino = self.config.attention != "vanilla"
         with self._timer("preprocess", sync=False):
             clip_in = torch.stack([batch.clip_full[c.image][:, c.box[0]:c.box[1], c.box[2]:c.box[3]]
@@ -356,11 +368,11 @@ class Segmenter:
                     keys_dino, dino_grid = self.dino.last_keys(dino_in)
                 kd = resize_dino_keys(keys_dino.float(), dino_grid, grid)         # 3.3
         with self._timer("spectral"):
-            heads, _ = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
-                                      prior=self._prior(grid) if need_dino else None)
+            heads, info = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
+                                         prior=self._prior(grid) if need_dino else None)
         with self._timer("head"):
             g = g_crop if g_crop is not None else batch.image_g[[c.image for c in crops]]
-            return self._head(heads, g, grid, prompts)
+            return (*self._head(heads, g, grid, prompts), info)
 
     def _head(self, heads: torch.Tensor, g: torch.Tensor, grid: tuple[int, int],
               prompts: PreparedPrompts) -> tuple[torch.Tensor, torch.Tensor]:
