@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from .vit_features import ClipVision, DinoKeys
 log = logging.getLogger(__name__)
 
 STAGES = ("preprocess", "clip", "dino", "spectral", "head", "postprocess")
+# The frame size (H, W) of ``Segmenter.warm_up``: a VGA camera.
+WARM_UP_SIZE = (480, 640)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,6 +137,9 @@ class Segmenter:
         self.models = models.to(self.device)
         self.clip = ClipVision(self.models.clip)
         self.dino = DinoKeys(self.models.dino)
+        if config.compile != "none":
+            self.clip.compile(config.compile)
+            self.dino.compile(config.compile)
         self.params = SpectralParams.from_config(config)
         cache_dir = config.weights_cache_dir if not self.models.random_weights else None
         self.text_embedder = TextEmbedder(self.models.clip, self.models.tokenizer, self.device,
@@ -162,9 +168,24 @@ class Segmenter:
         other._timer = other._new_timer()  # its own: the two may run side by side
         return other
 
+    def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE, batches: Sequence[int] = (1,)) -> float:
+        """Segment a grey frame of ``size`` (H, W), once per batch size, so
+        that the compiled trunks (``compile``) are built before the first
+        real frame; returns the seconds it took. Another frame size or batch
+        compiles again when it first comes (docs/ros-interface.md, compile)."""
+        from .prompts import build_prompt_set
+
+        started = time.perf_counter()
+        prepared = self.prepare_prompts(build_prompt_set([("object",)], ()), prompt_id=0)
+        frame = np.full((*size, 3), 128, np.uint8)
+        for n in dict.fromkeys(batches):
+            self.segment([frame] * n, prepared)
+        return time.perf_counter() - started
+
     def describe(self) -> str:
         precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
-        return (f"{self.models.description} on {self.device} ({precision}), attention "
+        compiled = "" if self.config.compile == "none" else f", compile {self.config.compile}"
+        return (f"{self.models.description} on {self.device} ({precision}{compiled}), attention "
                 f"{self.config.attention}, short side {self.config.short_side}, "
                 + ("whole image" if not self.config.slide_crop else
                    f"sliding {self.config.slide_crop}/{self.config.slide_stride}"))
