@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("cass_ros") is None:
     sys.path.insert(0, str(REPO))
 
-from cass_ros.core.agreement import Agreement, compare_segmenters  # noqa: E402
+from cass_ros.core.agreement import Agreement, compare_segmenters, strict_fp32  # noqa: E402
 from cass_ros.core.config import build_config  # noqa: E402
 from cass_ros.core.models import CassModels, load_models  # noqa: E402
 from cass_ros.core.prompts import build_prompt_set  # noqa: E402
@@ -153,8 +153,9 @@ def time_calls(seg: Segmenter, prepared: PreparedPrompts, batches: Sequence[Sequ
 
 def correctness(models: CassModels, device: str, images: list[np.ndarray], prompts: Any,
                 rows: list[Row]) -> tuple[Agreement, Agreement]:
-    """fp32 on ``device`` against fp32 on the CPU; fp16 (bf16 on a CPU) and
-    bf16 against fp32 on ``device``. Returns (fp32 pair, fp16 pair)."""
+    """fp32 on ``device`` against fp32 on the CPU (TF32 off: strict_fp32);
+    fp16 (bf16 on a CPU) and bf16 against fp32 on ``device``. Returns (fp32
+    pair, fp16 pair)."""
     ref = segmenter(copy.deepcopy(models), "cpu", precision="fp32")
     dev32 = segmenter(models, device, precision="fp32")
     slide = dict(slide_crop=224, slide_stride=112)
@@ -168,7 +169,8 @@ def correctness(models: CassModels, device: str, images: list[np.ndarray], promp
                        segmenter(models, device, precision=p), images, 0.99, None))
     found: dict[str, Agreement] = {}
     for name, a, b, imgs, min_agree, max_diff in checks:
-        got = compare_segmenters(a, b, imgs, prompts)
+        with strict_fp32() if name.startswith("fp32") else contextlib.nullcontext():
+            got = compare_segmenters(a, b, imgs, prompts)
         found[name] = got
         ok = got.label_agreement >= min_agree and (max_diff is None or got.max_prob_diff <= max_diff)
         if name.startswith("fp32"):

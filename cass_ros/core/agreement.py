@@ -10,11 +10,13 @@ call it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from .result import SegmentationResult
 
@@ -88,3 +90,17 @@ def compare_segmenters(ref: Segmenter, other: Segmenter, images: Sequence[np.nda
                                    return_probs=True, return_heads=True)
         runs.append(results)
     return compare_results(*runs)
+
+
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """fp32 that is fp32 on CUDA too, for the fp32 comparisons: by default
+    cuDNN convolutions (CLIP's and DINO's patch embeddings) may use TF32,
+    which keeps 10 bits of mantissa, and so may matmuls when a user allowed
+    it. Restores the flags on exit."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
