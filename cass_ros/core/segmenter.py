@@ -169,9 +169,10 @@ class Segmenter:
         return other
 
     def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE, batches: Sequence[int] = (1,)) -> float:
-        """Segment a grey frame of ``size`` (H, W), once per batch size, so
+        """Segment a grey frame of ``size`` (H, W), twice per batch size, so
         that the compiled trunks (``compile``) are built before the first
-        real frame; returns the seconds it took. Another frame size or batch
+        real frame (CUDA graphs, ``reduce-overhead``, record on the second
+        run); returns the seconds it took. Another frame size or batch
         compiles again when it first comes (docs/ros-interface.md, compile)."""
         from .prompts import build_prompt_set
 
@@ -179,7 +180,8 @@ class Segmenter:
         prepared = self.prepare_prompts(build_prompt_set([("object",)], ()), prompt_id=0)
         frame = np.full((*size, 3), 128, np.uint8)
         for n in dict.fromkeys(batches):
-            self.segment([frame] * n, prepared)
+            for _ in range(2):
+                self.segment([frame] * n, prepared)
         return time.perf_counter() - started
 
     def describe(self) -> str:
