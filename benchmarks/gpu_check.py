@@ -80,7 +80,7 @@ class Row:
     def tflops(self) -> str:
         if self.flops is None or self.per_s is None:
             return ""
-        return f"{self.flops * self.per_s / 1e12:.2f}"
+        return f"{self.flops * self.per_s / 1e12:.3g}"
 
 
 # ---------------------------------------------------------------- set-up
@@ -268,7 +268,7 @@ def text_encoding(models: CassModels, device: str, names: int, rows: list[Row]) 
 
 
 def bag_rows(clip: str, dino: str, device: str, frames_n: int, batches: Sequence[int],
-             flops: float, rows: list[Row]) -> None:
+             flops: float | None, rows: list[Row]) -> None:
     """cass_bag on a ``frames_n``-frame sample bag (tools/make_sample_bag.py,
     a prompt change halfway): frames/s without the model load."""
     try:
@@ -433,9 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             clip, dino = save_tiny_random_checkpoints(tmp)
         else:
             clip, dino = "random", "random"
-        flops = rows[2].flops  # a single frame's
+        frame_flops = next(r.flops for r in rows if r.name.startswith("1 camera p50 ("))
         bag_rows(clip, dino, device, args.bag_frames or (6 if dry else 200), (1, cams),
-                 flops or 0.0, rows)
+                 frame_flops, rows)
     node_row(dry, device, rows)
     title = (f"CLIP ViT-B/16 + DINO ViT-B/8 RANDOM weights, {FRAME[1]} x {FRAME[0]} frames, "
              f"short side 336, {len(CLASSES)} classes + default background, precision auto"
