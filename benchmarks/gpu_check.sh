@@ -7,18 +7,21 @@
 #
 # What cass_ros needs and the machine lacks (open_clip_torch, ftfy, scipy,
 # opencv, rosbags ...) is installed from a folder of wheels, without network,
-# into a virtual environment that sees the machine's own torch and timm.
-# Prepare that folder where PyPI is reachable: `make gpu-wheels` (writes
+# into a folder put on PYTHONPATH (pip --target; without pip the wheels are
+# unpacked), so the machine's own torch and timm are used. Prepare that
+# folder where PyPI is reachable: `make gpu-wheels` (writes
 # benchmarks/wheels/), and bring it along with the repository.
 #   CASS_WHEELS   the wheel folder (default benchmarks/wheels)
-#   CASS_GPU_VENV where the virtual environment goes (default $TMPDIR/cass_gpu_venv)
+#   CASS_GPU_SITE where the missing packages go (default $TMPDIR/cass_gpu_site)
 #   PYTHON        the interpreter with torch (default python3)
 #   GPU_CHECK_TIMEOUT  seconds before the check is stopped (default 480)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS=${CASS_WHEELS:-benchmarks/wheels}
-VENV=${CASS_GPU_VENV:-${TMPDIR:-/tmp}/cass_gpu_venv}
+SITE=${CASS_GPU_SITE:-${TMPDIR:-/tmp}/cass_gpu_site}
+# what an earlier run installed counts as there
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 # module -> distribution, for what the library, cass_bag and the check import
 missing=$("$PY" - <<'PY'
@@ -47,9 +50,21 @@ if [ -n "$missing" ]; then
              "reachable and bring benchmarks/wheels/ (or set CASS_WHEELS)" >&2
         exit 2
     fi
-    [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-index \
-        --find-links "$WHEELS" $missing
-    PY="$VENV/bin/python"
+    mkdir -p "$SITE"
+    if "$PY" -m pip --version >/dev/null 2>&1; then
+        "$PY" -m pip install --disable-pip-version-check -q --no-index --no-deps \
+            --find-links "$WHEELS" --target "$SITE" $missing
+    else  # no pip: a wheel is a zip archive of what goes into site-packages
+        "$PY" - "$WHEELS" "$SITE" $missing <<'PY'
+import glob, re, sys, zipfile
+wheels, site, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name in names:
+    stem = re.sub(r"[-_.]+", "_", name).lower()
+    found = [w for w in glob.glob(f"{wheels}/*.whl") if w.split("/")[-1].lower().startswith(stem + "-")]
+    if not found:
+        sys.exit(f"gpu_check.sh: error: no wheel for {name} in {wheels}")
+    zipfile.ZipFile(sorted(found)[-1]).extractall(site)
+PY
+    fi
 fi
 exec timeout "${GPU_CHECK_TIMEOUT:-480}" "$PY" benchmarks/gpu_check.py "$@"
