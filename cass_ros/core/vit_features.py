@@ -4,9 +4,15 @@
 - CLIP up to (not through) its last block, and its ordinary global vector;
 - the keys of DINO's last block, the only DINO output CASS uses (7b: no
   attention maps, no final LayerNorm).
+
+The blocks before the last of each trunk can run through torch.compile
+(``compile``, docs/ros-interface.md, Model): ``ClipVision.compile``,
+``DinoKeys.compile``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +64,7 @@ class _Blocks(nn.Module):
     """A run of transformer blocks as one module: the part of a trunk that
     ``compile_trunk`` hands to torch.compile (no caches, no Python state)."""
 
-    def __init__(self, blocks) -> None:
+    def __init__(self, blocks: Iterable[nn.Module]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
@@ -68,7 +74,7 @@ class _Blocks(nn.Module):
         return x
 
 
-def compile_trunk(blocks: _Blocks, mode: str):
+def compile_trunk(blocks: _Blocks, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``blocks`` through torch.compile (``mode`` of config.COMPILE_MODES,
     not ``none``). Static shapes: each input size (and batch) compiles once.
     With CUDA graphs (reduce-overhead) the output lives in the graph's
