@@ -50,7 +50,7 @@ DEMO_ARGS ?=
 COLCON_BASES := . $(if $(ROS_TOOLS),$(ROS_TOOLS)/src)
 LINT_PATHS := cass_ros test benchmarks scripts tools launch
 
-.PHONY: all venv ros-tools build test check demo lint clean
+.PHONY: all venv ros-tools build test check demo lint clean gpu-wheels
 
 all: build
 
@@ -105,3 +105,15 @@ demo: build
 
 clean:
 	rm -rf build install build-jazzy install-jazzy log $(DEMO_OUT)
+
+# The wheels benchmarks/gpu_check.sh installs, without network, on a GPU
+# machine that has Python 3.12, torch and timm but not the rest (versions
+# from requirements.lock; the script installs only what is missing there).
+GPU_WHEELS ?= benchmarks/wheels
+GPU_WHEEL_NAMES := open_clip_torch ftfy wcwidth regex scipy opencv-python-headless PyYAML tqdm \
+	rosbags apsw lz4 ruamel.yaml backports.zstd typing_extensions huggingface_hub safetensors
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download --disable-pip-version-check -q --python-version 3.12 \
+		--only-binary=:all: --no-deps -d $(GPU_WHEELS) \
+		$$(for n in $(GPU_WHEEL_NAMES); do grep -i "^$$n==" $(LOCK); done)
+	@ls $(GPU_WHEELS)

@@ -76,6 +76,7 @@ class BagToolOptions:
     color: bool = True
     copy_input: bool = False
     progress: bool = True
+    batch: int = 1                 # frames per Segmenter.segment call (--batch)
 
 
 @dataclass
@@ -141,6 +142,18 @@ class _Run:
     copies: dict[int, Connection]      # input connection id -> its copy (--copy-input)
     summary: bag_io.SummaryWriter | None
     report: BagToolReport
+    pending: list[_Pending] = field(default_factory=list)  # decoded, not yet segmented
+
+
+@dataclass
+class _Pending:
+    """A decoded input image waiting for its batch (``--batch``)."""
+
+    stream: _Stream
+    header: Any                        # the input's std_msgs/Header (rosbags)
+    t_ns: int
+    index: int
+    rgb: np.ndarray
 
 
 @dataclass
@@ -158,6 +171,8 @@ def run(opts: BagToolOptions) -> BagToolReport:
     """Do the work of ``cass_bag``; raises BagError / ConfigError / PromptError
     with a message meant for the user."""
     started = time.perf_counter()
+    if opts.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, not {opts.batch}")
     settings = _read_settings(opts)
     in_path, out_path = _check_paths(opts)
     with bag_io.open_input_bag(in_path) as bag, ExitStack() as outputs:
@@ -413,6 +428,7 @@ def _process(ctx: _Run, bag: bag_io.InputBag, plan: _Plan) -> None:
             elif conn.topic in ctx.streams:
                 bar.update(1)
                 _on_frame(ctx, ctx.streams[conn.topic], t_ns, raw)
+        _flush(ctx)
 
 
 def _on_prompt(ctx: _Run, t_ns: int, raw: bytes) -> None:
@@ -420,6 +436,7 @@ def _on_prompt(ctx: _Run, t_ns: int, raw: bytes) -> None:
     the node uses (docs/ros-interface.md, Prompts); it applies from the next
     frame on."""
     session, report = ctx.settings.session, ctx.report
+    _flush(ctx)  # the frames before it keep the prompts they came under
     text = ctx.ts.deserialize_cdr(raw, bag_io.STRING).data
     try:
         prompt_set = build_prompt_set(parse_prompt_text(text),
@@ -438,6 +455,7 @@ def _on_prompt(ctx: _Run, t_ns: int, raw: bytes) -> None:
 
 
 def _on_frame(ctx: _Run, s: _Stream, t_ns: int, raw: bytes) -> None:
+    """Decode a frame and queue it; a full batch is segmented (``_flush``)."""
     report = ctx.report
     report.frames_in += 1
     index = s.count
@@ -454,18 +472,47 @@ def _on_frame(ctx: _Run, s: _Stream, t_ns: int, raw: bytes) -> None:
         if report.frames_bad <= 5:
             log.warning("%s frame %d skipped: %s", s.topic, index, e)
         return
+    ctx.pending.append(_Pending(s, msg.header, t_ns, index, rgb))
+    if len(ctx.pending) >= ctx.opts.batch:
+        _flush(ctx)
+
+
+def _flush(ctx: _Run) -> None:
+    """Segment the queued frames in one call, all under the prompts in
+    force (a prompt message flushes first), and write their outputs in
+    input order."""
+    pending, ctx.pending = ctx.pending, []
+    if not pending:
+        return
+    active, report = ctx.settings.session.active, ctx.report
+    assert active is not None  # frames are queued only under prompts
     runtime = ctx.settings.runtime
-    streams = None
-    if runtime.temporal().active:  # as the node's frame worker: the header stamps
-        if s.temporal is None:
-            s.temporal = TemporalStream(runtime.temporal())
-        stamp = stamp_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
-        streams = [StreamFrame(s.temporal, stamp, runtime.min_pixels)]
-    result = ctx.segmenter.segment([rgb], prompts=active.prepared,
-                                   output_size=runtime.output_size, streams=streams)[0]
-    _write_outputs(ctx, s, _Frame(msg.header, t_ns, index, rgb, result), active.colors)
-    report.frames_out += 1
-    report.per_topic[s.topic] = report.per_topic.get(s.topic, 0) + 1
+    results = ctx.segmenter.segment([p.rgb for p in pending], prompts=active.prepared,
+                                    output_size=runtime.output_size,
+                                    streams=_stream_frames(pending, runtime))
+    for p, result in zip(pending, results):
+        _write_outputs(ctx, p.stream, _Frame(p.header, p.t_ns, p.index, p.rgb, result),
+                       active.colors)
+        report.frames_out += 1
+        report.per_topic[p.stream.topic] = report.per_topic.get(p.stream.topic, 0) + 1
+
+
+def _stream_frames(pending: Sequence[_Pending], runtime: node_params.RuntimeParams
+                   ) -> list[StreamFrame] | None:
+    """Each frame's temporal stream (one per input topic) on its header
+    stamp, as the node's frame worker does; None while smoothing and
+    hysteresis are off. Frames of one topic stay in input order in a batch,
+    and the segmenter applies them in that order."""
+    params = runtime.temporal()
+    if not params.active:
+        return None
+    frames = []
+    for p in pending:
+        if p.stream.temporal is None:
+            p.stream.temporal = TemporalStream(params)
+        stamp = stamp_seconds(p.header.stamp.sec, p.header.stamp.nanosec)
+        frames.append(StreamFrame(p.stream.temporal, stamp, runtime.min_pixels))
+    return frames
 
 
 def _write_outputs(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> None:

@@ -2,7 +2,8 @@
 timm), no ROS and no rosbags. docs/algorithm.md describes each step; each
 lives in the module named for it (config, prompts, models, preprocess,
 vit_features, spectral, text, presence, segmenter, result, temporal,
-visualize, prompt_session; metrics and datasets for cass_eval).
+visualize, prompt_session; metrics and datasets for cass_eval; agreement for
+the device and precision comparisons).
 
 The public API, e.g.::
 

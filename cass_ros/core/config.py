@@ -25,6 +25,8 @@ VOC_BACKGROUND = (
 
 ATTENTION_STRATEGIES = ("spectral", "sequential", "vanilla")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# torch.compile modes for the ViT trunks (docs/ros-interface.md, Model: compile).
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 # The device grammar (docs/ros-interface.md, Model): parse_device reads it.
 DEVICE_GRAMMAR = "auto, cpu, cuda or cuda:N"
 
@@ -136,6 +138,10 @@ class CassConfig:
         "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     precision: str = _model(
         "auto", "Inference precision; auto = fp16 on CUDA, fp32 on CPU", choices=PRECISIONS)
+    compile: str = _model(
+        "none", "torch.compile the ViT trunks: none (eager), default, reduce-overhead (CUDA "
+        "graphs on CUDA) or max-autotune; each new input size compiles first (tens of seconds; the "
+        "node warms up at start-up)", choices=COMPILE_MODES)
     # Algorithm (docs/algorithm.md section 0; VOC21 profile). The preset is
     # applied once, under the given values, when the config is built: a
     # running node cannot re-apply it.
@@ -215,6 +221,8 @@ class CassConfig:
                f"must be one of {', '.join(ATTENTION_STRATEGIES)}, not {self.attention!r}")
         _check(self.precision in PRECISIONS, "precision",
                f"must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        _check(self.compile in COMPILE_MODES, "compile",
+               f"must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
         _check(self.preset == "" or self.preset in PRESETS, "preset",
                f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
         parse_device(self.device)  # the grammar only; resolve_device asks torch

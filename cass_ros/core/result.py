@@ -29,6 +29,7 @@ class SegmentationResult:
     present: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     confidence: np.ndarray | None = None  # (H, W) float32 probability of each pixel's label
+    heads: np.ndarray | None = None   # (crops, h) int64 head matching per crop (segment's return_heads)
 
     @property
     def size(self) -> tuple[int, int]:

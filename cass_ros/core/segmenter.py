@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from .preprocess import (
 from .presence import adjust_text, class_presence, patch_logits, per_class_max, presence_similarity
 from .prompts import PromptSet
 from .result import SegmentationResult, label_statistics
-from .spectral import SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
+from .spectral import FusionInfo, SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
 from .temporal import StreamFrame
 from .text import TextEmbedder, cluster_names
 from .timing import StageTimer
@@ -44,6 +45,8 @@ from .vit_features import ClipVision, DinoKeys
 log = logging.getLogger(__name__)
 
 STAGES = ("preprocess", "clip", "dino", "spectral", "head", "postprocess")
+# The frame size (H, W) of ``Segmenter.warm_up``: a VGA camera.
+WARM_UP_SIZE = (480, 640)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,6 +138,9 @@ class Segmenter:
         self.models = models.to(self.device)
         self.clip = ClipVision(self.models.clip)
         self.dino = DinoKeys(self.models.dino)
+        if config.compile != "none":
+            self.clip.compile(config.compile)
+            self.dino.compile(config.compile)
         self.params = SpectralParams.from_config(config)
         cache_dir = config.weights_cache_dir if not self.models.random_weights else None
         self.text_embedder = TextEmbedder(self.models.clip, self.models.tokenizer, self.device,
@@ -163,9 +169,26 @@ class Segmenter:
         other._timer = other._new_timer()  # its own: the two may run side by side
         return other
 
+    def warm_up(self, size: tuple[int, int] = WARM_UP_SIZE, batches: Sequence[int] = (1,)) -> float:
+        """Segment a grey frame of ``size`` (H, W), twice per batch size, so
+        that the compiled trunks (``compile``) are built before the first
+        real frame (CUDA graphs, ``reduce-overhead``, record on the second
+        run); returns the seconds it took. Another frame size or batch
+        compiles again when it first comes (docs/ros-interface.md, compile)."""
+        from .prompts import build_prompt_set
+
+        started = time.perf_counter()
+        prepared = self.prepare_prompts(build_prompt_set([("object",)], ()), prompt_id=0)
+        frame = np.full((*size, 3), 128, np.uint8)
+        for n in dict.fromkeys(batches):
+            for _ in range(2):
+                self.segment([frame] * n, prepared)
+        return time.perf_counter() - started
+
     def describe(self) -> str:
         precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
-        return (f"{self.models.description} on {self.device} ({precision}), attention "
+        compiled = "" if self.config.compile == "none" else f", compile {self.config.compile}"
+        return (f"{self.models.description} on {self.device} ({precision}{compiled}), attention "
                 f"{self.config.attention}, short side {self.config.short_side}, "
                 + ("whole image" if not self.config.slide_crop else
                    f"sliding {self.config.slide_crop}/{self.config.slide_stride}"))
@@ -227,7 +250,8 @@ class Segmenter:
     @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray], prompts: PreparedPrompts,
                 return_probs: bool = False, output_size: str = "input",
-                streams: Sequence[StreamFrame | None] | None = None) -> list[SegmentationResult]:
+                streams: Sequence[StreamFrame | None] | None = None,
+                return_heads: bool = False) -> list[SegmentationResult]:
         """Segment RGB uint8 images (H, W, 3), possibly of different sizes.
 
         ``output_size``: ``input`` gives labels at each image's size,
@@ -235,7 +259,9 @@ class Segmenter:
         the call's ``timings_ms`` (STAGES and ``total``). ``streams``: per
         image, its camera's temporal stream and stamp, or None
         (docs/algorithm.md 5.6); images of one stream are applied in the
-        order given.
+        order given. ``return_heads`` fills ``result.heads`` with the head
+        matching's choice per crop (docs/algorithm.md 3.5), for the device
+        comparisons (core.agreement).
         """
         self._check_call(images, output_size, streams)
         if not images:
@@ -248,15 +274,17 @@ class Segmenter:
         # 4.1: in sliding-window mode the presence prior uses the whole image.
         if cfg.slide_crop and not cfg.crop_global_vector:
             batch.image_g = self._whole_image_vectors(batch.clip_full)  # (I, E)
-        canvas, image_r = self._accumulate(batch, groups, prompts)
+        canvas, image_r, heads = self._accumulate(batch, groups, prompts)
         with self._timer("postprocess"):
             results = [self._labels(self._output_logits(canvas, batch, i, image, output_size),
                                     image_r[i], prompts, return_probs,
                                     streams[i] if streams is not None else None)
                        for i, image in enumerate(images)]
         timings = self._timer.timings_ms()
-        for res in results:
+        for i, res in enumerate(results):
             res.timings_ms = dict(timings)
+            if return_heads and heads[i]:
+                res.heads = np.stack(heads[i])
         return results
 
     def _upload(self, images: Sequence[np.ndarray]) -> _Batch:
@@ -283,19 +311,25 @@ class Segmenter:
         return groups
 
     def _accumulate(self, batch: _Batch, groups: dict[tuple[int, int], list[_Crop]],
-                    prompts: PreparedPrompts) -> tuple[torch.Tensor, torch.Tensor]:
+                    prompts: PreparedPrompts
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[np.ndarray]]]:
         """Every crop through the model, its logits averaged into the canvas
         (5.1, 5.2): canvas (C, sum HW) over names, and the reported presence
         (I, C): each image's prior, or with the Cityscapes rule (4.1) the max
-        over its crops' own priors."""
+        over its crops' own priors. Also each image's head choices, one
+        (h,) row per crop (empty for ``vanilla``)."""
         # All resized images share one flat canvas; each crop's pixels are
         # summed in with one index_add, then divided by the coverage.
         n_names, n_pixels = len(prompts.names), int(batch.offsets[-1])
         canvas = torch.zeros(n_names, n_pixels, device=self.device)
         coverage = torch.zeros(n_pixels, device=self.device)
         image_r = torch.full((len(batch.resized), n_names), float("-inf"), device=self.device)
+        heads: list[list[np.ndarray]] = [[] for _ in batch.resized]
         for (ch, cw), group in groups.items():
-            logits, r = self._forward_crops(group, batch, prompts)
+            logits, r, info = self._forward_crops(group, batch, prompts)
+            if info is not None:
+                for crop, col in zip(group, info.col):
+                    heads[crop.image].append(col)
             with self._timer("postprocess"):
                 logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)
                 index = self._crop_index(group, batch.resized, batch.offsets, (ch, cw))
@@ -304,7 +338,7 @@ class Segmenter:
                 owner = torch.tensor([c.image for c in group], device=self.device)
                 image_r.scatter_reduce_(0, owner[:, None].expand_as(r), r, reduce="amax")
         canvas /= coverage
-        return canvas, image_r
+        return canvas, image_r, heads
 
     @staticmethod
     def _output_logits(canvas: torch.Tensor, batch: _Batch, i: int, image: np.ndarray,
@@ -345,8 +379,9 @@ class Segmenter:
         return torch.stack(out)  # type: ignore[arg-type]
 
     def _forward_crops(self, crops: list[_Crop], batch: _Batch, prompts: PreparedPrompts
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crops of one size -> logits (B, C, gh, gw) and presence similarity r (B, C)."""
+                       ) -> tuple[torch.Tensor, torch.Tensor, FusionInfo | None]:
+        """Crops of one size -> logits (B, C, gh, gw), presence similarity r
+        (B, C) and what the head matching chose (None for ``vanilla``)."""
         need_dino = self.config.attention != "vanilla"
         with self._timer("preprocess", sync=False):
             clip_in = torch.stack([batch.clip_full[c.image][:, c.box[0]:c.box[1], c.box[2]:c.box[3]]
@@ -365,11 +400,11 @@ class Segmenter:
                     keys_dino, dino_grid = self.dino.last_keys(dino_in)
                 kd = resize_dino_keys(keys_dino.float(), dino_grid, grid)         # 3.3
         with self._timer("spectral"):
-            heads, _ = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
-                                      prior=self._prior(grid) if need_dino else None)
+            heads, info = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
+                                         prior=self._prior(grid) if need_dino else None)
         with self._timer("head"):
             g = g_crop if g_crop is not None else batch.image_g[[c.image for c in crops]]
-            return self._head(heads, g, grid, prompts)
+            return (*self._head(heads, g, grid, prompts), info)
 
     def _head(self, heads: torch.Tensor, g: torch.Tensor, grid: tuple[int, int],
               prompts: PreparedPrompts) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,9 +4,15 @@
 - CLIP up to (not through) its last block, and its ordinary global vector;
 - the keys of DINO's last block, the only DINO output CASS uses (7b: no
   attention maps, no final LayerNorm).
+
+The blocks before the last of each trunk can run through torch.compile
+(``compile``, docs/ros-interface.md, Model): ``ClipVision.compile``,
+``DinoKeys.compile``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +60,31 @@ class _PosCache:
         return table
 
 
+class _Blocks(nn.Module):
+    """A run of transformer blocks as one module: the part of a trunk that
+    ``compile_trunk`` hands to torch.compile (no caches, no Python state)."""
+
+    def __init__(self, blocks: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+def compile_trunk(blocks: _Blocks, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``blocks`` through torch.compile (``mode`` of config.COMPILE_MODES,
+    not ``none``). Static shapes: each input size (and batch) compiles once.
+    With CUDA graphs (reduce-overhead) the output lives in the graph's
+    memory pool, which the next replay overwrites, so it is copied out."""
+    compiled = torch.compile(blocks, mode=None if mode == "default" else mode, dynamic=False)
+    if mode != "reduce-overhead":
+        return compiled
+    return lambda x: compiled(x).clone()
+
+
 class ClipVision:
     """open_clip's visual tower, split where CASS replaces the last block."""
 
@@ -66,12 +97,16 @@ class ClipVision:
         self.num_heads = last.attn.num_heads
         self.batch_first = getattr(v.transformer, "batch_first", True)
         self._pos = _PosCache()
+        self._trunk = self._eager_trunk = _Blocks(v.transformer.resblocks[:-1])
+
+    def compile(self, mode: str) -> None:
+        """Run the blocks before the last through torch.compile (``none``: eager)."""
+        self._trunk = self._eager_trunk if mode == "none" else compile_trunk(self._eager_trunk, mode)
 
     def _blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
         if not self.batch_first:
             x = x.transpose(0, 1)
-        for blk in blocks:
-            x = blk(x)
+        x = blocks(x)
         return x if self.batch_first else x.transpose(0, 1)
 
     def tokens_before_last(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -85,7 +120,7 @@ class ClipVision:
         x = torch.cat([cls, x], 1)
         x = x + self._pos.get(v.positional_embedding, grid, self.pretrained_grid).to(x.dtype)
         x = v.ln_pre(x)
-        return self._blocks(x, v.transformer.resblocks[:-1]), grid
+        return self._blocks(x, self._trunk), grid
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """ln_post and the projection to the joint space: (..., width) -> (..., E)."""
@@ -94,7 +129,7 @@ class ClipVision:
 
     def global_vector(self, x: torch.Tensor) -> torch.Tensor:
         """The last block run normally, class token -> (B, E) (3.1)."""
-        out = self._blocks(x, self.visual.transformer.resblocks[-1:])
+        out = self._blocks(x, self.visual.transformer.resblocks[-1])
         return self.project(out[:, 0])
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,6 +171,11 @@ class DinoKeys:
         self.pretrained_grid = round((dino.pos_embed.shape[1] - 1) ** 0.5)
         self.num_heads = dino.blocks[-1].attn.num_heads
         self._pos = _PosCache()
+        self._trunk = self._eager_trunk = _Blocks(dino.blocks[:-1])
+
+    def compile(self, mode: str) -> None:
+        """Run the blocks before the last through torch.compile (``none``: eager)."""
+        self._trunk = self._eager_trunk if mode == "none" else compile_trunk(self._eager_trunk, mode)
 
     def last_keys(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """images (B, 3, S, S) ImageNet-normalised -> keys (B, h, n*n, d) of the
@@ -147,9 +187,7 @@ class DinoKeys:
         x = m.patch_embed.norm(x)
         x = torch.cat([m.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], 1)
         x = x + self._pos.get(m.pos_embed[0], grid, self.pretrained_grid).to(x.dtype)
-        x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
-        for blk in m.blocks[:-1]:
-            x = blk(x)
+        x = self._trunk(m.norm_pre(m.patch_drop(m.pos_drop(x))))
         last = m.blocks[-1]
         qkv = last.attn.qkv(last.norm1(x))  # (B, 1+N, 3*D)
         b, n1, _ = qkv.shape

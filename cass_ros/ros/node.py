@@ -186,6 +186,9 @@ class CassNodeBase(Node):
             self._check_stop()
             in_force.session.request(initial)
             in_force.session.activate(segmenter, initial)
+        if config.compile != "none":
+            self._check_stop()
+            self._warm_up(segmenter, runtime)
         self._check_stop()
         with self._created(self._configured_entities):
             self._make_interfaces(runtime)
@@ -265,6 +268,16 @@ class CassNodeBase(Node):
         for destroy, entity in reversed(entities):
             getattr(self, destroy)(entity)
         entities.clear()
+
+    def _warm_up(self, segmenter: Segmenter, runtime: node_params.RuntimeParams) -> None:
+        """``compile``: the compiled trunks are built before "ready", for a
+        640 x 480 frame alone and for one from every camera in one batch
+        (docs/ros-interface.md, Model)."""
+        batches = (1, len(runtime.image_topics))
+        self.get_logger().info(f"compile {segmenter.config.compile}: warming up (a first "
+                               "compilation takes tens of seconds)")
+        seconds = segmenter.warm_up(batches=batches)
+        self.get_logger().info(f"warm-up done in {seconds:.1f} s")
 
     @staticmethod
     def _initial_prompt_set(config: CassConfig) -> PromptSet | None:

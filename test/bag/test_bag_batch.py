@@ -1,0 +1,76 @@
+"""cass_bag --batch N (issue 8): frames are segmented N per model call, and
+the output bag is the unbatched one: the same label images and objects at
+the same bag times with the same headers, the prompt message in the middle
+of a batch honoured from the next frame on. Tiny random models on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+from bag_harness import read_bag
+
+from cass_ros.bag import io as bag_io
+from cass_ros.bag import tool as bag_tool
+from cass_ros.cli import bag as bag_cli
+
+
+def _objects_key(msg):
+    """Everything of an objects message but the inference time, the
+    presence and the mean confidence (float rounding differs between batch
+    sizes: compared apart)."""
+    return (msg.header.stamp, msg.header.frame_id, msg.prompt_id, list(msg.class_names),
+            [(o.class_id, o.label, o.present, o.pixel_count, o.area_fraction,
+              o.bbox.x_offset, o.bbox.y_offset, o.bbox.width, o.bbox.height)
+             for o in msg.objects])
+
+
+def test_batched_bag_equals_unbatched(tmp_path, offline_run, sample_bag, bag_params_file,
+                                      monkeypatch):
+    from cass_ros.core.segmenter import Segmenter
+
+    calls = []
+
+    real = Segmenter.segment
+
+    def counting(self, images, *args, **kw):
+        calls.append(len(images))
+        return real(self, images, *args, **kw)
+
+    monkeypatch.setattr(Segmenter, "segment", counting)
+    # 7 does not divide the 10 frames before the prompt message: the message
+    # flushes a batch of 3, the end one of 3.
+    code = bag_cli.main([str(sample_bag.path), "--out", str(tmp_path / "out"), "--params-file",
+                         str(bag_params_file), "--batch", "7", "--no-progress"])
+    assert code == 0
+    k = sample_bag.first_frame_after_prompt
+    assert k == 10 and sample_bag.frames == 20
+    assert calls == [7, 3, 7, 3]
+
+    a, b = read_bag(offline_run.out), read_bag(tmp_path / "out")
+    assert set(a) == set(b)
+    for topic in ("/cass/camera/segmentation", "/cass/camera/segmentation/color"):
+        assert [t for t, _ in a[topic]] == [t for t, _ in b[topic]]
+        for (_, ma), (_, mb) in zip(a[topic], b[topic], strict=True):
+            assert ma.header == mb.header
+            assert np.array_equal(bag_io.image_array(ma), bag_io.image_array(mb)), topic
+    objects_a, objects_b = a["/cass/camera/objects"], b["/cass/camera/objects"]
+    assert [t for t, _ in objects_a] == [t for t, _ in objects_b]
+    for (_, ma), (_, mb) in zip(objects_a, objects_b, strict=True):
+        assert _objects_key(ma) == _objects_key(mb)
+        # A batch stacks the images into one forward: the matmuls block
+        # differently, so these differ by float32 rounding only.
+        for name in ("presence", "mean_confidence"):
+            np.testing.assert_allclose([getattr(o, name) for o in ma.objects],
+                                       [getattr(o, name) for o in mb.objects], rtol=0, atol=1e-5)
+    # the prompt message (after frame k - 1, in the middle of the second batch)
+    assert [m.prompt_id for _, m in objects_b] == [1] * k + [2] * (sample_bag.frames - k)
+    assert [m.prompt_id for _, m in b["/cass/classes"]] == [1, 2]
+
+
+def test_batch_must_be_positive(tmp_path, sample_bag, bag_params_file, capsys):
+    code = bag_cli.main([str(sample_bag.path), "--out", str(tmp_path / "o"), "--params-file",
+                         str(bag_params_file), "--batch", "0", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == "cass_bag: error: --batch must be >= 1, not 0"
+    assert not (tmp_path / "o").exists()
+    opts = bag_tool.BagToolOptions(input_bag=sample_bag.path, out=tmp_path / "o")
+    assert opts.batch == 1  # the default: one frame per call, as before
