@@ -333,8 +333,11 @@ def test_cleanup_releases_memory(ros_domain: int, tmp_path: Path) -> None:
               + ", ".join(f"{k} {v / 1024:.0f}" for k, v in rss.items()))
         drop = (rss["inactive"] - rss["cleaned up"]) * 1024
         assert drop > 0.7 * model_bytes, rss
-        # no growth from one configure to the next: what cleanup freed is reused
-        assert rss["configured again"] < rss["inactive"] + 0.5 * model_bytes / 1024, rss
+        # No leak of the models from one configure to the next (a leak is
+        # + 1.0 x their size). The margin is wide because the allocator's
+        # arenas (the prompt thread has its own) vary: +0.58 x was seen once
+        # in a full, loaded suite run, about 0 in quiet runs.
+        assert rss["configured again"] < rss["inactive"] + 0.8 * model_bytes / 1024, rss
         assert m.transition(Transition.TRANSITION_INACTIVE_SHUTDOWN)
         m.proc.wait(timeout=30)
         assert m.proc.returncode == 0
