@@ -16,7 +16,6 @@ import sys
 from typing import Any
 
 
-
 def release(device: Any | None, trim: bool) -> None:
     """Collect garbage and return cached memory: the CUDA cache when
     ``device`` (a torch.device or None) is a CUDA device, and with ``trim``
