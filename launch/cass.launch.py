@@ -2,7 +2,8 @@
 
 Arguments: params_file, image_topics (comma-separated) / image_topic,
 prompts ('person|pedestrian, forklift'), device, namespace, use_sim_time,
-managed, autostart. Empty arguments leave the parameter file's values.
+managed, autostart, depth_topics (comma-separated, one per image topic).
+Empty arguments leave the parameter file's values.
 
 managed:=true starts the managed node (cass_lifecycle_node, a launch_ros
 LifecycleNode) instead, unconfigured; with autostart:=true the launch
@@ -31,7 +32,8 @@ def _cass_node(context, *args, **kwargs):
 
     overrides = node_overrides(
         image_topics=arg("image_topics"), image_topic=arg("image_topic"),
-        prompts=arg("prompts"), device=arg("device"), use_sim_time=arg("use_sim_time"))
+        prompts=arg("prompts"), device=arg("device"), use_sim_time=arg("use_sim_time"),
+        depth_topics=arg("depth_topics"))
     common = dict(
         package="cass_ros",
         name="cass_node",
@@ -77,6 +79,7 @@ def generate_launch_description():
         "use_sim_time": "false",
         "managed": "false",
         "autostart": "false",
+        "depth_topics": "",
     }
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=defaults[name], description=text)

@@ -25,6 +25,9 @@ LAUNCH_ARGUMENTS: dict[str, str] = {
     "managed": "Start the managed (lifecycle) node cass_lifecycle_node instead of cass_node "
                "(true/false)",
     "autostart": "With managed:=true, configure and activate it once started (true/false)",
+    "depth_topics": "Aligned depth image topic per image topic, comma-separated in "
+                    "image_topics' order; an empty entry: no depth for that camera "
+                    "(empty: the parameter file's)",
 }
 
 
@@ -33,7 +36,8 @@ def _split(text: str) -> list[str]:
 
 
 def node_overrides(image_topics: str = "", image_topic: str = "", prompts: str = "",
-                   device: str = "", use_sim_time: str | bool = False) -> dict[str, Any]:
+                   device: str = "", use_sim_time: str | bool = False,
+                   depth_topics: str = "") -> dict[str, Any]:
     """Parameters that the launch arguments set (empty arguments set none,
     so the parameter file decides). Raises PromptError for unusable prompt
     text, ValueError for a use_sim_time that is not a bool."""
@@ -45,6 +49,9 @@ def node_overrides(image_topics: str = "", image_topic: str = "", prompts: str =
         out["prompts"] = ["|".join(names) for names in parse_prompt_text(prompts)]
     if device.strip():
         out["device"] = device.strip()
+    if depth_topics.strip():
+        # empty entries kept: they line the depth topics up with the cameras
+        out["depth_topics"] = [t.strip() for t in depth_topics.split(",")]
     out["use_sim_time"] = launch_flag("use_sim_time", use_sim_time)
     return out
 

@@ -219,6 +219,12 @@ def test_launch_arguments_become_parameters() -> None:
                    "device": "cuda:0", "use_sim_time": True}
     with pytest.raises(ValueError):
         node_overrides(use_sim_time="maybe")
+    # depth topics line up with the cameras: an empty entry is a camera without depth
+    depth = node_overrides(image_topics="/a/image_raw, /b/image_raw",
+                           depth_topics=", /b/depth/image_raw")
+    assert depth["depth_topics"] == ["", "/b/depth/image_raw"]
+    rt = node_params.runtime_from_values(depth)
+    assert rt.depth_inputs()[0] is None and rt.depth_inputs()[1][0] == "/b/depth/image_raw"
     args = ros_args({"prompts": ["a|b", "c"], "short_side": 64, "device": "cpu"})
     assert args == ["-p", 'prompts:=["a|b", "c"]', "-p", "short_side:=64", "-p", 'device:="cpu"']
 
