@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from std_msgs.msg import Header
 
-        from cass_ros.ros.depth_messages import cloud_msg, detections_3d_msg, vision_msgs_missing
+        from cass_ros.ros.depth_messages import cloud_msg, detections_3d_msg
+        from cass_ros.ros.vision import vision_msgs_missing
         from cass_ros.ros.messages import objects_msg
     except ImportError as e:
         print(f"(ROS messages not importable, message building skipped: {e})")

@@ -35,7 +35,8 @@ from .preprocess import (
 )
 from .presence import adjust_text, class_presence, patch_logits, per_class_max, presence_similarity
 from .prompts import PromptSet
-from .result import SegmentationResult, label_statistics
+from .label_stats import device_label_statistics
+from .result import SegmentationResult
 from .spectral import FusionInfo, SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
 from .temporal import StreamFrame
 from .text import TextEmbedder, cluster_names
@@ -430,6 +431,21 @@ class Segmenter:
             return x[:, :s, :s]
         return dino_input(resized[crop.image][y0:y1, x0:x1], self.dino.patch).to(self.device)
 
+    @staticmethod
+    def _statistics(labels: torch.Tensor, own_prob: torch.Tensor, r: torch.Tensor,
+                    prompts: PreparedPrompts
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Counts, mean confidence, boxes and presence (K each) computed on
+        the device and brought to the host in one copy."""
+        k = prompts.num_labels
+        counts, mean_conf, boxes = device_label_statistics(labels, own_prob, k)
+        presence = class_presence(r[None], prompts.name_labels, k)[0]
+        packed = torch.cat([counts.double(), mean_conf, boxes.double().reshape(-1),
+                            presence.double()]).cpu().numpy()   # (7K,)
+        return (packed[:k].astype(np.int64), packed[k:2 * k].astype(np.float32),
+                packed[2 * k:6 * k].reshape(k, 4).astype(np.int64),
+                packed[6 * k:].astype(np.float32))
+
     def _labels(self, logits: torch.Tensor, r: torch.Tensor, prompts: PreparedPrompts,
                 return_probs: bool, frame: StreamFrame | None = None) -> SegmentationResult:
         """Logits over names (C, H, W) -> labels, probabilities, statistics
@@ -444,14 +460,14 @@ class Segmenter:
         best_prob, labels = class_prob.max(0)
         labels = labels.masked_fill(best_prob < self.config.prob_threshold, 0)
         own_prob = torch.gather(class_prob, 0, labels[None])[0]
-        dtype = np.uint8 if k <= 256 else np.uint16
-        labels_np = labels.to(torch.int32).cpu().numpy().astype(dtype)
+        counts, mean_conf, boxes, presence = self._statistics(labels, own_prob, r, prompts)
+        # uint8 on the device: a quarter of the bytes to copy
+        labels_np = (labels.to(torch.uint8).cpu().numpy() if k <= 256
+                     else labels.to(torch.int32).cpu().numpy().astype(np.uint16))
         own_np = own_prob.cpu().numpy()
-        counts, mean_conf, boxes = label_statistics(labels_np, own_np, k)
-        presence = class_presence(r[None], prompts.name_labels, k)[0].cpu().numpy()
         present = frame.stream.present(counts, frame.min_pixels) if frame is not None else None
         return SegmentationResult(
-            labels=labels_np, class_names=prompts.class_names, presence=presence.astype(np.float32),
+            labels=labels_np, class_names=prompts.class_names, presence=presence,
             pixel_counts=counts, mean_confidence=mean_conf, boxes=boxes, prompt_id=prompts.prompt_id,
             probs=class_prob.cpu().numpy().astype(np.float32) if return_probs else None,
             present=present, confidence=own_np.astype(np.float32, copy=False))
