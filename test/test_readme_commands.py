@@ -215,8 +215,11 @@ def _need_launch(ctx: Ctx) -> None:
 
 def run_topic_pub(ctx: Ctx, cmd: str) -> None:
     _need_launch(ctx)
-    _ok(bash(cmd, ctx.scratch(), timeout=90))
-    table = ctx.table("/cass/classes", ["person", "car", "bicycle"], ctx.launch, ctx.launch_log)
+    names = ["person", "car", "bicycle"]
+    got = ctx.listen()
+    ros2_shell.publish_once(cmd, ctx.scratch(), lambda: any(
+        list(t.class_names[1:]) == names for t in got.got("/cass/classes")))
+    table = ctx.table("/cass/classes", names, ctx.launch, ctx.launch_log)
     assert table.synonyms[1] == "person|pedestrian"
 
 

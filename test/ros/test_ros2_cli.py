@@ -72,6 +72,9 @@ class Launched:
     def tables(self) -> list[Any]:
         return self.harness.got(CLASSES)
 
+    def has_table(self, names: list[str]) -> bool:
+        return any(list(t.class_names[1:]) == names for t in self.tables())
+
     def wait_table(self, names: list[str], timeout: float = 60.0) -> Any:
         """The latched class table whose classes (after background) are ``names``."""
         return ros2_shell.wait_until(
@@ -168,9 +171,9 @@ def test_starts_without_prompts_and_waits(launched):
 
 
 def test_prompts_by_topic_then_frames_give_outputs_with_that_table(launched):
-    proc = ros2("ros2 topic pub --once /cass/prompts std_msgs/String "
-                "\"data: 'person|worker, forklift'\"", launched.work)
-    assert proc.returncode == 0, proc.stderr
+    ros2_shell.publish_once("ros2 topic pub --once /cass/prompts std_msgs/String "
+                            "\"data: 'person|worker, forklift'\"", launched.work,
+                            lambda: launched.has_table(["person", "forklift"]))
     table = launched.wait_table(["person", "forklift"])
     assert list(table.synonyms[1:]) == ["person|worker", "forklift"]
     assert table.class_names[0] == "background"
@@ -201,8 +204,9 @@ def test_param_set_changes_the_prompts_and_get_shows_them(launched):
 def test_late_shell_gets_the_latched_class_table(launched):
     current = launched.tables()[-1] if launched.tables() else None
     if current is None:  # run alone: give the node a prompt set first
-        ros2("ros2 topic pub --once /cass/prompts std_msgs/String \"data: 'crate'\"",
-             launched.work)
+        ros2_shell.publish_once("ros2 topic pub --once /cass/prompts std_msgs/String "
+                                "\"data: 'crate'\"", launched.work,
+                                lambda: launched.has_table(["crate"]))
         current = launched.wait_table(["crate"])
     proc = ros2("ros2 topic echo --once --no-daemon --spin-time 5 --qos-durability transient_local "
                 "--qos-reliability reliable /cass/classes", launched.work, timeout=60)
