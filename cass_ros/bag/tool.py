@@ -49,7 +49,7 @@ from ..core.config import CassConfig, ConfigError, read_settings_file
 from ..core.prompt_session import PromptSession
 from ..core.prompts import PromptError, PromptSet, build_prompt_set, parse_prompt_text
 from ..core.result import SegmentationResult
-from ..core.temporal import StreamFrame, TemporalStream, stamp_seconds
+from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
 from ..core.visualize import overlay
 from ..ros import params as node_params
 from ..ros.image_conversion import ImageConversionError
@@ -116,7 +116,6 @@ class _Stream:
     camera: str
     outputs: dict[str, Connection] = field(default_factory=dict)  # kind -> output topic
     count: int = 0
-    temporal: TemporalStream | None = None  # its temporal stream, as the node keeps per camera
 
 
 @dataclass
@@ -143,6 +142,7 @@ class _Run:
     summary: bag_io.SummaryWriter | None
     report: BagToolReport
     pending: list[_Pending] = field(default_factory=list)  # decoded, not yet segmented
+    temporal: TemporalStreams = field(default_factory=TemporalStreams)  # per input topic
 
 
 @dataclass
@@ -489,7 +489,7 @@ def _flush(ctx: _Run) -> None:
     runtime = ctx.settings.runtime
     results = ctx.segmenter.segment([p.rgb for p in pending], prompts=active.prepared,
                                     output_size=runtime.output_size,
-                                    streams=_stream_frames(pending, runtime))
+                                    streams=_stream_frames(ctx, pending))
     for p, result in zip(pending, results):
         _write_outputs(ctx, p.stream, _Frame(p.header, p.t_ns, p.index, p.rgb, result),
                        active.colors)
@@ -497,22 +497,15 @@ def _flush(ctx: _Run) -> None:
         report.per_topic[p.stream.topic] = report.per_topic.get(p.stream.topic, 0) + 1
 
 
-def _stream_frames(pending: Sequence[_Pending], runtime: node_params.RuntimeParams
-                   ) -> list[StreamFrame] | None:
+def _stream_frames(ctx: _Run, pending: Sequence[_Pending]) -> list[StreamFrame] | None:
     """Each frame's temporal stream (one per input topic) on its header
-    stamp, as the node's frame worker does; None while smoothing and
-    hysteresis are off. Frames of one topic stay in input order in a batch,
-    and the segmenter applies them in that order."""
-    params = runtime.temporal()
-    if not params.active:
-        return None
-    frames = []
-    for p in pending:
-        if p.stream.temporal is None:
-            p.stream.temporal = TemporalStream(params)
-        stamp = stamp_seconds(p.header.stamp.sec, p.header.stamp.nanosec)
-        frames.append(StreamFrame(p.stream.temporal, stamp, runtime.min_pixels))
-    return frames
+    stamp, as the node's frame worker does; None while off. Frames of one
+    topic stay in input order in a batch, the order the segmenter applies."""
+    runtime = ctx.settings.runtime
+    return ctx.temporal.frames(
+        [p.stream.topic for p in pending],
+        [stamp_seconds(p.header.stamp.sec, p.header.stamp.nanosec) for p in pending],
+        runtime.temporal(), runtime.min_pixels)
 
 
 def _write_outputs(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> None:

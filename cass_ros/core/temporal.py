@@ -14,6 +14,8 @@ import TemporalParams before torch may load.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -169,3 +171,30 @@ class StreamFrame:
     stream: TemporalStream
     stamp_s: float
     min_pixels: int = 1
+
+
+class TemporalStreams:
+    """One TemporalStream per source (a node's camera, a bag's image topic),
+    created on its first frame: the one place the node's frame worker and
+    cass_bag keep their streams."""
+
+    def __init__(self) -> None:
+        self._streams: dict[object, TemporalStream] = {}
+
+    def frames(self, sources: Sequence[object], stamps_s: Sequence[float],
+               params: TemporalParams, min_pixels: int) -> list[StreamFrame] | None:
+        """Each frame's StreamFrame, in the order given (a source's frames in
+        stream order); None while ``params`` are inactive, and the streams are
+        dropped then, so turning it on again starts afresh. New parameters
+        restart every stream (TemporalStream.set_params)."""
+        if not params.active:
+            self._streams.clear()
+            return None
+        out = []
+        for source, stamp in zip(sources, stamps_s):
+            stream = self._streams.get(source)
+            if stream is None:
+                stream = self._streams[source] = TemporalStream(params)
+            stream.set_params(params)
+            out.append(StreamFrame(stream, stamp, min_pixels))
+        return out

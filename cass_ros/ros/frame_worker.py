@@ -22,7 +22,7 @@ from std_msgs.msg import Header
 
 from ..core.depth import DepthError, ObjectGeometry, labelled_points, nearest_resize, object_geometry
 from ..core.result import SegmentationResult
-from ..core.temporal import StreamFrame, TemporalParams, TemporalStream, stamp_seconds
+from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
 from ..core.visualize import overlay
 from .cameras import Batch, Camera, CameraBoard
 from .depth_input import DepthFrame, DepthInput, Found, stamp_ns
@@ -81,7 +81,7 @@ class FrameWorker:
         self._log = logger
         self._stop = stop
         self._thread = threading.Thread(target=self._loop, name="cass_inference", daemon=True)
-        self._streams: dict[int, TemporalStream] = {}   # camera index -> its stream
+        self._streams = TemporalStreams()   # per camera index
 
     def start(self) -> None:
         self._thread.start()
@@ -144,23 +144,13 @@ class FrameWorker:
                           found or self._find_depth(frame, work))
             frame.cam.done(time.monotonic(), frame.received, batch_ms)
 
-    def _stream_frames(self, frames: list[_Frame], work: Work) -> list[StreamFrame | None] | None:
-        """Each frame's place in its camera's temporal stream; None while
-        temporal stability is off (the streams are dropped, so turning it on
-        again starts afresh; new parameters reset them in set_params)."""
-        params: TemporalParams = work.runtime.temporal()
-        if not params.active:
-            self._streams.clear()
-            return None
-        out: list[StreamFrame | None] = []
-        for f in frames:
-            stream = self._streams.get(f.cam.index)
-            if stream is None:
-                stream = self._streams[f.cam.index] = TemporalStream(params)
-            stream.set_params(params)
-            stamp = stamp_seconds(f.header.stamp.sec, f.header.stamp.nanosec)
-            out.append(StreamFrame(stream, stamp, work.runtime.min_pixels))
-        return out
+    def _stream_frames(self, frames: list[_Frame], work: Work) -> list[StreamFrame] | None:
+        """Each frame's place in its camera's temporal stream (None while off)."""
+        runtime = work.runtime
+        return self._streams.frames(
+            [f.cam.index for f in frames],
+            [stamp_seconds(f.header.stamp.sec, f.header.stamp.nanosec) for f in frames],
+            runtime.temporal(), runtime.min_pixels)
 
     def _publish(self, frame: _Frame, result: SegmentationResult, work: Work,
                  inference_ms: float, found: Found | None = None) -> None:

@@ -13,7 +13,7 @@ import torch
 from cass_ros.core.config import ConfigError, build_config
 from cass_ros.core.prompts import build_prompt_set
 from cass_ros.core.segmenter import Segmenter
-from cass_ros.core.temporal import StreamFrame, TemporalParams, TemporalStream
+from cass_ros.core.temporal import StreamFrame, TemporalParams, TemporalStream, TemporalStreams
 
 DT = 0.1  # 10 Hz stamps
 
@@ -267,3 +267,20 @@ def test_segmenter_checks_the_streams_argument(seg, prepared) -> None:
     with pytest.raises(ValueError, match="streams: 1 entries for 2 images"):
         seg.segment([image(32, 32, 0)] * 2, prepared,
                     streams=[StreamFrame(TemporalStream(), 0.0)])
+
+
+def test_streams_keep_one_stream_per_source():
+    streams = TemporalStreams()
+    on = TemporalParams(smoothing=0.5)
+    first = streams.frames(["front", "rear", "front"], [0.0, 0.0, 0.1], on, 3)
+    assert first[0].stream is first[2].stream and first[0].stream is not first[1].stream
+    assert [f.stamp_s for f in first] == [0.0, 0.0, 0.1] and first[1].min_pixels == 3
+    again = streams.frames(["rear"], [0.2], on, 1)
+    assert again[0].stream is first[1].stream
+    # new parameters restart the same stream; turning off drops them all
+    first[1].stream.smooth(torch.rand(2, 4, 4), 1, 0.3)
+    assert first[1].stream.frames == 1
+    streams.frames(["rear"], [0.4], TemporalParams(smoothing=0.6), 1)
+    assert first[1].stream.frames == 0
+    assert streams.frames(["rear"], [0.5], TemporalParams(), 1) is None
+    assert streams.frames(["rear"], [0.6], on, 1)[0].stream is not first[1].stream
