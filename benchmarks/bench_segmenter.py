@@ -8,6 +8,12 @@ on the CPU and on CUDA when present. The last line is
 ``spectral_speedup_n588=<ratio>``.
 
     .venv/bin/python benchmarks/bench_segmenter.py [--iters 3] [--devices cpu cuda]
+        [--cpu-kernels torch onednn]
+
+``--cpu-kernels`` gives the CPU rows one per value of the ``cpu_kernels``
+setting (default: onednn only). ``torch`` rows run first: ``onednn`` also
+switches the process's C heap to keeping freed memory, which cannot be
+switched back.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cass_ros.core.config import CassConfig, build_config  # noqa: E402
+from cass_ros.core.config import CPU_KERNELS, CassConfig, build_config  # noqa: E402
 from cass_ros.core.models import load_models  # noqa: E402
 from cass_ros.core.prompts import build_prompt_set  # noqa: E402
 from cass_ros.core.segmenter import STAGES, Segmenter  # noqa: E402
@@ -97,9 +103,12 @@ def bench_spectral(n_side: tuple[int, int], device: torch.device, iters: int) ->
     return fast, naive
 
 
-def bench_pipeline(device: str, iters: int, num_classes: int) -> list[tuple[str, dict[str, float]]]:
+def bench_pipeline(device: str, iters: int, num_classes: int, kernels: str = "onednn"
+                   ) -> list[tuple[str, dict[str, float]]]:
     rows = []
-    base = {"clip_weights": "random", "dino_weights": "random", "device": device, "short_side": 336}
+    base = {"clip_weights": "random", "dino_weights": "random", "device": device, "short_side": 336,
+            "cpu_kernels": kernels}
+    label = f"{device} {kernels}" if device == "cpu" else device
     models = load_models(build_config(base))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (336, 448, 3), dtype=np.uint8)
@@ -118,7 +127,7 @@ def bench_pipeline(device: str, iters: int, num_classes: int) -> list[tuple[str,
         row = {s: statistics.median(r[s] for r in runs) for s in (*STAGES, "total")}
         row["text_cold"], row["text_cached"] = cold, cached
         row["fps"] = 1000.0 / row["total"]
-        rows.append((f"{device} {mode}", row))
+        rows.append((f"{label} {mode}", row))
         models = seg.models
     return rows
 
@@ -129,6 +138,8 @@ def main() -> int:
     p.add_argument("--classes", type=int, default=20, help="number of class names (<= 20)")
     p.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda when present")
     p.add_argument("--skip-pipeline", action="store_true", help="only the spectral comparison")
+    p.add_argument("--cpu-kernels", nargs="+", default=["onednn"], choices=CPU_KERNELS,
+                   help="cpu_kernels values for the CPU rows (torch rows run first)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -137,10 +148,12 @@ def main() -> int:
           f"{args.classes} class names; times in ms, median of {args.iters}\n")
     if not args.skip_pipeline:
         cols = ("text_cold", "text_cached", *STAGES, "total", "fps")
-        print(f"{'config':<26}" + "".join(f"{c:>12}" for c in cols))
+        print(f"{'config':<33}" + "".join(f"{c:>12}" for c in cols))
+        kernels = sorted(dict.fromkeys(args.cpu_kernels), key=lambda k: k != "torch")
         for dev in devices:
-            for name, row in bench_pipeline(dev, args.iters, args.classes):
-                print(f"{name:<26}" + "".join(f"{row[c]:>12.1f}" for c in cols))
+            for kern in (kernels if dev == "cpu" else ["onednn"]):
+                for name, row in bench_pipeline(dev, args.iters, args.classes, kern):
+                    print(f"{name:<33}" + "".join(f"{row[c]:>12.1f}" for c in cols), flush=True)
         print()
     header = ("device", "fast ms", "naive N x N ms", "speedup")
     print(f"{'spectral step (h=12, d=64)':<30}" + "".join(f"{c:>16}" for c in header))

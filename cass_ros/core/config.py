@@ -27,6 +27,9 @@ ATTENTION_STRATEGIES = ("spectral", "sequential", "vanilla")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 # torch.compile modes for the ViT trunks (docs/ros-interface.md, Model: compile).
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+# CPU kernels of the ViTs (docs/ros-interface.md, Model: cpu_kernels);
+# core.cpu_kernels says why.
+CPU_KERNELS = ("onednn", "torch")
 # The device grammar (docs/ros-interface.md, Model): parse_device reads it.
 DEVICE_GRAMMAR = "auto, cpu, cuda or cuda:N"
 
@@ -142,6 +145,10 @@ class CassConfig:
         "none", "torch.compile the ViT trunks: none (eager), default, reduce-overhead (CUDA "
         "graphs on CUDA) or max-autotune; each new input size compiles first (tens of seconds; the "
         "node warms up at start-up)", choices=COMPILE_MODES)
+    cpu_kernels: str = _model(
+        "onednn", "On the CPU in fp32: onednn runs the ViTs' linear layers through oneDNN and "
+        "keeps freed memory in the C heap (the same fp32 arithmetic, faster); torch keeps "
+        "torch's default kernels and allocator", choices=CPU_KERNELS)
     # Algorithm (docs/algorithm.md section 0; VOC21 profile). The preset is
     # applied once, under the given values, when the config is built: a
     # running node cannot re-apply it.
@@ -223,6 +230,8 @@ class CassConfig:
                f"must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         _check(self.compile in COMPILE_MODES, "compile",
                f"must be one of {', '.join(COMPILE_MODES)}, not {self.compile!r}")
+        _check(self.cpu_kernels in CPU_KERNELS, "cpu_kernels",
+               f"must be one of {', '.join(CPU_KERNELS)}, not {self.cpu_kernels!r}")
         _check(self.preset == "" or self.preset in PRESETS, "preset",
                f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
         parse_device(self.device)  # the grammar only; resolve_device asks torch

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import MODEL, CassConfig, ConfigError, group_names, parse_device
+from .c_heap import keep_freed_memory
+from .cpu_kernels import onednn_linear, select_linear
 from .models import CassModels, check_pair, load_models
 from .preprocess import (
     CLIP_MEAN,
@@ -137,8 +139,12 @@ class Segmenter:
         else:
             check_pair(models.clip, models.dino)
         self.models = models.to(self.device)
-        self.clip = ClipVision(self.models.clip)
-        self.dino = DinoKeys(self.models.dino)
+        self.linear = select_linear(config.cpu_kernels, self.device, self.amp_dtype,
+                                    compiled=config.compile != "none")
+        if self.device.type == "cpu" and config.cpu_kernels == "onednn":
+            keep_freed_memory()
+        self.clip = ClipVision(self.models.clip, self.linear)
+        self.dino = DinoKeys(self.models.dino, self.linear)
         if config.compile != "none":
             self.clip.compile(config.compile)
             self.dino.compile(config.compile)
@@ -189,6 +195,7 @@ class Segmenter:
     def describe(self) -> str:
         precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
         compiled = "" if self.config.compile == "none" else f", compile {self.config.compile}"
+        compiled += ", oneDNN linears" if self.linear is onednn_linear else ""
         return (f"{self.models.description} on {self.device} ({precision}{compiled}), attention "
                 f"{self.config.attention}, short side {self.config.short_side}, "
                 + ("whole image" if not self.config.slide_crop else

@@ -5,9 +5,10 @@
 - the keys of DINO's last block, the only DINO output CASS uses (7b: no
   attention maps, no final LayerNorm).
 
-The blocks before the last of each trunk can run through torch.compile
-(``compile``, docs/ros-interface.md, Model): ``ClipVision.compile``,
-``DinoKeys.compile``.
+Eager blocks run through vit_blocks with the segmenter's linear layer
+(oneDNN on the CPU, cpu_kernels). The blocks before the last of each trunk
+can instead run through torch.compile (``compile``, docs/ros-interface.md,
+Model): ``ClipVision.compile``, ``DinoKeys.compile``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cpu_kernels import Linear
+from .vit_blocks import block_function
 
 
 def interpolate_pos_embed(pos: torch.Tensor, grid: tuple[int, int], pretrained_grid: int
@@ -61,16 +65,24 @@ class _PosCache:
 
 
 class _Blocks(nn.Module):
-    """A run of transformer blocks as one module: the part of a trunk that
-    ``compile_trunk`` hands to torch.compile (no caches, no Python state)."""
+    """A run of transformer blocks as one module. With ``linear`` each block
+    is computed by vit_blocks with that linear layer; without, by the
+    library's forward: the form ``compile_trunk`` hands to torch.compile
+    (no caches, no Python state)."""
 
-    def __init__(self, blocks: Iterable[nn.Module]) -> None:
+    def __init__(self, blocks: Iterable[nn.Module], linear: Linear | None = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self._linear = linear
+        self._fns = [block_function(b) for b in self.blocks] if linear is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x)
+        if self._fns is None:
+            for blk in self.blocks:
+                x = blk(x)
+            return x
+        for fn in self._fns:
+            x = fn(x, self._linear)
         return x
 
 
@@ -86,9 +98,10 @@ def compile_trunk(blocks: _Blocks, mode: str) -> Callable[[torch.Tensor], torch.
 
 
 class ClipVision:
-    """open_clip's visual tower, split where CASS replaces the last block."""
+    """open_clip's visual tower, split where CASS replaces the last block.
+    ``linear`` computes every linear layer outside torch.compile."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: nn.Module, linear: Linear = F.linear) -> None:
         self.visual = clip.visual
         v = self.visual
         self.patch = v.conv1.kernel_size[0]
@@ -97,11 +110,14 @@ class ClipVision:
         self.num_heads = last.attn.num_heads
         self.batch_first = getattr(v.transformer, "batch_first", True)
         self._pos = _PosCache()
-        self._trunk = self._eager_trunk = _Blocks(v.transformer.resblocks[:-1])
+        self.linear = linear
+        self._trunk = self._eager_trunk = _Blocks(v.transformer.resblocks[:-1], linear)
+        self._last = _Blocks(v.transformer.resblocks[-1:], linear)
 
     def compile(self, mode: str) -> None:
         """Run the blocks before the last through torch.compile (``none``: eager)."""
-        self._trunk = self._eager_trunk if mode == "none" else compile_trunk(self._eager_trunk, mode)
+        self._trunk = (self._eager_trunk if mode == "none" else
+                       compile_trunk(_Blocks(self._eager_trunk.blocks), mode))
 
     def _blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
         if not self.batch_first:
@@ -129,7 +145,7 @@ class ClipVision:
 
     def global_vector(self, x: torch.Tensor) -> torch.Tensor:
         """The last block run normally, class token -> (B, E) (3.1)."""
-        out = self._blocks(x, self.visual.transformer.resblocks[-1])
+        out = self._blocks(x, self._last)
         return self.project(out[:, 0])
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,7 +158,7 @@ class ClipVision:
         each (B, h, N, d)."""
         last = self.visual.transformer.resblocks[-1]
         y = last.ln_1(x)
-        qkv = F.linear(y, last.attn.in_proj_weight, last.attn.in_proj_bias)  # (B, 1+N, 3*width)
+        qkv = self.linear(y, last.attn.in_proj_weight, last.attn.in_proj_bias)  # (B, 1+N, 3*width)
         b, n1, _ = qkv.shape
         qkv = qkv.reshape(b, n1, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, h, 1+N, d)
         q, k, v = qkv[0, :, :, 1:], qkv[1, :, :, 1:], qkv[2, :, :, 1:]
@@ -154,14 +170,16 @@ class ClipVision:
         last = self.visual.transformer.resblocks[-1]
         b, h, n, d = heads_out.shape
         merged = heads_out.transpose(1, 2).reshape(b, n, h * d)
-        out = last.ls_1(last.attn.out_proj(merged.to(last.attn.out_proj.weight.dtype)))
+        proj = last.attn.out_proj
+        out = last.ls_1(self.linear(merged.to(proj.weight.dtype), proj.weight, proj.bias))
         return self.project(out)
 
 
 class DinoKeys:
-    """timm's DINO ViT run up to the keys of its last block."""
+    """timm's DINO ViT run up to the keys of its last block. ``linear``
+    computes every linear layer outside torch.compile."""
 
-    def __init__(self, dino: nn.Module) -> None:
+    def __init__(self, dino: nn.Module, linear: Linear = F.linear) -> None:
         self.model = dino
         self.patch = dino.patch_embed.proj.kernel_size[0]
         prefix = getattr(dino, "num_prefix_tokens", 1)
@@ -171,11 +189,13 @@ class DinoKeys:
         self.pretrained_grid = round((dino.pos_embed.shape[1] - 1) ** 0.5)
         self.num_heads = dino.blocks[-1].attn.num_heads
         self._pos = _PosCache()
-        self._trunk = self._eager_trunk = _Blocks(dino.blocks[:-1])
+        self.linear = linear
+        self._trunk = self._eager_trunk = _Blocks(dino.blocks[:-1], linear)
 
     def compile(self, mode: str) -> None:
         """Run the blocks before the last through torch.compile (``none``: eager)."""
-        self._trunk = self._eager_trunk if mode == "none" else compile_trunk(self._eager_trunk, mode)
+        self._trunk = (self._eager_trunk if mode == "none" else
+                       compile_trunk(_Blocks(self._eager_trunk.blocks), mode))
 
     def last_keys(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """images (B, 3, S, S) ImageNet-normalised -> keys (B, h, n*n, d) of the
@@ -188,8 +208,12 @@ class DinoKeys:
         x = torch.cat([m.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], 1)
         x = x + self._pos.get(m.pos_embed[0], grid, self.pretrained_grid).to(x.dtype)
         x = self._trunk(m.norm_pre(m.patch_drop(m.pos_drop(x))))
-        last = m.blocks[-1]
-        qkv = last.attn.qkv(last.norm1(x))  # (B, 1+N, 3*D)
-        b, n1, _ = qkv.shape
-        k = qkv.reshape(b, n1, 3, self.num_heads, -1)[:, 1:, 1]  # (B, N, h, d)
+        # Only the key third of the last qkv projection: rows D..2D of its
+        # weight (timm packs q, k, v in that order).
+        qkv = m.blocks[-1].attn.qkv
+        width = qkv.weight.shape[0] // 3
+        bias = qkv.bias[width:2 * width] if qkv.bias is not None else None
+        k = self.linear(m.blocks[-1].norm1(x), qkv.weight[width:2 * width], bias)  # (B, 1+N, D)
+        b, n1, _ = k.shape
+        k = k.reshape(b, n1, self.num_heads, -1)[:, 1:]  # (B, N, h, d)
         return k.permute(0, 2, 1, 3), grid

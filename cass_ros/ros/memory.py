@@ -9,11 +9,11 @@ them to the system, so the resident size really drops after a cleanup.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import sys
 from typing import Any
+
+from ..core.c_heap import malloc_trim
 
 
 def release(device: Any | None, trim: bool) -> None:
@@ -28,16 +28,3 @@ def release(device: Any | None, trim: bool) -> None:
             torch.cuda.empty_cache()
     if trim:
         malloc_trim()
-
-
-def malloc_trim() -> bool:
-    """glibc's malloc_trim(0); False where there is none (musl, macOS)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
-    return True
