@@ -252,7 +252,8 @@ def test_groups_partition_the_fields_in_field_order():
     assert sum((group_names(g) for g in GROUPS), ()) == FIELD_NAMES
     assert set().union(*(group_names(g) for g in GROUPS)) == set(FIELD_NAMES)
     assert group_names(MODEL) == ("clip_model", "clip_weights", "dino_model", "dino_weights",
-                                  "weights_cache_dir", "device", "precision", "compile")
+                                  "weights_cache_dir", "device", "precision", "compile",
+                                  "cpu_kernels")
     assert group_names(PROMPTS) == ("prompts", "classes_file", "background_classes")
     assert group_names(ALGORITHM)[0] == "preset" and "attention" in group_names(ALGORITHM)
     with pytest.raises(ValueError, match="group"):

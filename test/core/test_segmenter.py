@@ -490,7 +490,7 @@ def test_with_config_refuses_model_settings(whole, name, value):
 # model setting without a line here fails the test below.
 MODEL_CHANGES = dict(clip_model="ViT-B-32", clip_weights="random", dino_model="vit_small_patch8_224",
                      dino_weights="random", weights_cache_dir="/elsewhere", device="cuda:1",
-                     precision="bf16", compile="default")
+                     precision="bf16", compile="default", cpu_kernels="torch")
 
 
 def test_with_config_refuses_every_setting_of_the_model_group(whole):
