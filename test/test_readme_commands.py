@@ -383,6 +383,9 @@ def run_bench(ctx: Ctx, cmd: str) -> None:
         cmd += " --iters 1 --classes 2 --devices cpu"
     proc = _ok(bash(cmd, REPO, setup=False, timeout=900))
     assert re.search(r"^spectral_speedup_n588=\d", proc.stdout.strip().splitlines()[-1]), proc.stdout
+    if "--cpu-kernels torch onednn" in cmd:
+        for kernels in ("torch", "onednn"):
+            assert re.search(rf"^cpu {kernels} sliding 224/112 +\d", proc.stdout, re.M), proc.stdout
 
 
 @dataclass(frozen=True)
@@ -442,6 +445,8 @@ CASES: dict[str, Case] = {
     "python -m cass_ros.cli.segment shots/ --out seg/ --prompts \"person|worker, forklift, pallet\"":
         Case("shots/ = two small images; + --set tiny weights", run_segment_shots),
     ".venv/bin/python benchmarks/bench_segmenter.py":
+        Case("+ --iters 1 --classes 2 --devices cpu", run_bench),
+    ".venv/bin/python benchmarks/bench_segmenter.py --cpu-kernels torch onednn":
         Case("+ --iters 1 --classes 2 --devices cpu", run_bench),
     ".venv/bin/python benchmarks/bench_segmenter.py --skip-pipeline": Case("as typed", run_bench),
 }
