@@ -146,7 +146,8 @@ class CassConfig:
         "graphs on CUDA) or max-autotune; each new input size compiles first (tens of seconds; the "
         "node warms up at start-up)", choices=COMPILE_MODES)
     cpu_kernels: str = _model(
-        "onednn", "On the CPU in fp32: onednn runs the ViTs' linear layers through oneDNN and "
+        "onednn", "On the CPU in fp32: onednn runs the linear layers of the ViTs and the text "
+        "tower through oneDNN and "
         "keeps freed memory in the C heap (the same fp32 arithmetic, faster); torch keeps "
         "torch's default kernels and allocator", choices=CPU_KERNELS)
     # Algorithm (docs/algorithm.md section 0; VOC21 profile). The preset is

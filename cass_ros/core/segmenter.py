@@ -151,7 +151,8 @@ class Segmenter:
         self.params = SpectralParams.from_config(config)
         cache_dir = config.weights_cache_dir if not self.models.random_weights else None
         self.text_embedder = TextEmbedder(self.models.clip, self.models.tokenizer, self.device,
-                                          self.models.clip_id, cache_dir or None, self._autocast)
+                                          self.models.clip_id, cache_dir or None, self._autocast,
+                                          linear=self.linear)
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
         self._prompt_counter = 0
         self._timer = self._new_timer()

@@ -23,6 +23,9 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 from torch import nn
 
+from .cpu_kernels import Linear
+from .vit_blocks import block_function
+
 log = logging.getLogger(__name__)
 
 
@@ -34,13 +37,14 @@ def templates() -> list[Callable[[str], str]]:
     return list(OPENAI_IMAGENET_TEMPLATES)
 
 
-def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text(clip: nn.Module, tokens: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
     """CLIP's text embedding of (B, 77) tokens: (B, E).
 
     OpenAI-style CLIP reads its output at the end-of-text token under a
     causal mask, so nothing after the longest prompt's end token can change
     it: the transformer runs on that prefix only (a prompt is ~15 of the 77
-    tokens, several times less work). Other text towers run unchanged.
+    tokens, several times less work), its blocks through vit_blocks with
+    ``linear`` (cpu_kernels). Other text towers run unchanged.
     """
     causal = (getattr(clip, "text_pool_type", None) == "argmax"
               and getattr(clip, "attn_mask", None) is not None
@@ -51,7 +55,13 @@ def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     n = int(eot.max()) + 1
     cast = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(tokens[:, :n]).to(cast) + clip.positional_embedding[:n].to(cast)
-    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
+    mask = clip.attn_mask[:n, :n]  # (n, n) additive, -inf above the diagonal
+    if getattr(clip.transformer, "batch_first", False):
+        for blk in clip.transformer.resblocks:
+            x = block_function(blk)(x, linear, mask)
+    else:
+        x = clip.transformer(x, attn_mask=mask)
+    x = clip.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eot]
     proj = clip.text_projection
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj
@@ -63,8 +73,9 @@ class TextEmbedder:
     def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
                  device: torch.device, model_id: str, cache_dir: str | None = None,
                  autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 batch_names: int = 8) -> None:
+                 batch_names: int = 8, linear: Linear = F.linear) -> None:
         self.clip = clip
+        self.linear = linear
         self.tokenizer = tokenizer
         self.device = device
         self.autocast = autocast or contextlib.nullcontext
@@ -98,7 +109,7 @@ class TextEmbedder:
             texts = [t(n) for n in chunk for t in self._templates]
             tokens = self.tokenizer(texts).to(self.device)
             with self.autocast():
-                emb = encode_text(self.clip, tokens)  # (len(chunk) * 80, E)
+                emb = encode_text(self.clip, tokens, self.linear)  # (len(chunk) * 80, E)
             emb = F.normalize(emb.float(), dim=-1).reshape(len(chunk), per, -1)
             out.append(F.normalize(emb.mean(1), dim=-1).cpu())
         return torch.cat(out, 0)

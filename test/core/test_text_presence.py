@@ -251,16 +251,20 @@ def test_patch_logits_formula(beta):
             torch.testing.assert_close(out[bi, i], expected)
 
 
-def test_prefix_text_encoding_equals_open_clip(tiny_models):
-    """The causal prefix shortcut gives open_clip's own encode_text."""
+@pytest.mark.parametrize("kernels", ["torch", "onednn"])
+def test_prefix_text_encoding_equals_open_clip(tiny_models, kernels):
+    """The causal prefix shortcut, its blocks computed by vit_blocks with
+    either CPU linear, gives open_clip's own encode_text."""
     import open_clip
 
+    from cass_ros.core.cpu_kernels import select_linear
     from cass_ros.core.text import encode_text, templates
 
+    linear = select_linear(kernels, torch.device("cpu"), None, compiled=False)
     tok = open_clip.tokenizer.SimpleTokenizer(context_length=77)
     tokens = tok([t(n) for n in ("cat", "chest of drawers", "x") for t in templates()[:10]])
     with torch.no_grad():
         want = tiny_models.clip.encode_text(tokens)
-        got = encode_text(tiny_models.clip, tokens)
+        got = encode_text(tiny_models.clip, tokens, linear)
     assert tokens.argmax(-1).max() < 20  # the shortcut really is shorter than 77
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -48,6 +48,21 @@ def test_clip_blocks_match_open_clip(tiny_models, linear):
             x = want
 
 
+@pytest.mark.parametrize("linear", LINEARS)
+def test_text_blocks_match_open_clip_under_the_causal_mask(tiny_models, linear):
+    transformer = tiny_models.clip.transformer
+    n = 11
+    mask = tiny_models.clip.attn_mask[:n, :n]
+    assert torch.isinf(mask).sum() == n * (n - 1) // 2
+    x = tokens(4, n, transformer.width, seed=5)
+    with torch.inference_mode():
+        for blk in transformer.resblocks:
+            want = blk(x, attn_mask=mask)
+            torch.testing.assert_close(block_function(blk)(x, linear, mask), want, atol=2e-5,
+                                       rtol=1e-5)
+            x = want
+
+
 def test_attend_is_per_head_softmax_attention():
     """Against a float64 loop over heads written out."""
     b, n, heads, d = 2, 9, 3, 4
