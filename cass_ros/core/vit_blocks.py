@@ -6,10 +6,10 @@ attention.
 A block is the pre-norm ViT block: x + attn(norm1(x)), then + mlp(norm2(x)).
 ``block_function`` recognises the two layouts CASS loads, timm's ``Block``
 (DINO) and open_clip's ``ResidualAttentionBlock`` (CLIP), and only in their
-plain form (no q/k norm, gates, cross-attention or attention masks); any
-other block is called as the library wrote it. CLIP's text tower runs the
-same way (text.encode_text). test/core/test_vit_blocks.py
-checks each against the library's own forward.
+plain form (no q/k norm, gates or cross-attention); any other block is
+called as the library wrote it. CLIP's text tower runs the same way, its
+causal mask as SDPA's additive mask (text.encode_text).
+test/core/test_vit_blocks.py checks each against the library's own forward.
 """
 
 from __future__ import annotations
