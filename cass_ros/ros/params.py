@@ -77,6 +77,11 @@ class RuntimeParams:
     min_pixels: int = 1
     output_size: str = "input"
     publish_detections: bool = False
+    # mapping-stack outputs (docs/ros-interface.md, "Outputs for mappers")
+    overlay_legend: bool = False
+    color_table_file: str = ""
+    mask_classes: tuple[str, ...] = ()
+    camera_info_topics: tuple[str, ...] = ()    # per image topic; () or '' = next to it
     # temporal stability (core.temporal.TemporalParams, docs/algorithm.md 5.6)
     temporal_smoothing: float = TemporalParams.smoothing
     temporal_reset_gap_s: float = TemporalParams.reset_gap_s
@@ -119,7 +124,29 @@ class RuntimeParams:
               f"must be one of {', '.join(OUTPUT_SIZES)}, not {self.output_size!r}")
         self.temporal().validate(prefix="temporal_")
         self._validate_depth()
+        self._validate_mapping()
         return self
+
+    def _validate_mapping(self) -> None:
+        """Outputs for mappers (docs/ros-interface.md, "Outputs for mappers")."""
+        if self.camera_info_topics:
+            _need(len(self.camera_info_topics) == len(self.image_topics), "camera_info_topics",
+                  f"has {len(self.camera_info_topics)} entries for {len(self.image_topics)} "
+                  "image_topics (one per image topic, '' for the one next to it)")
+            for topic in self.camera_info_topics:
+                _need(not topic or _valid_topic(topic), "camera_info_topics",
+                      f"{topic!r} is not a valid topic name")
+        for name in self.mask_classes:
+            _need(bool(name.strip()) and name == name.strip(), "mask_classes",
+                  f"holds {name!r}: class names are non-empty, without spaces around them")
+        _need("\n" not in self.color_table_file and "\0" not in self.color_table_file,
+              "color_table_file", "must be a file path on one line")
+
+    def image_info_topics(self) -> list[str]:
+        """The camera_info topic per image topic (``camera_info_topics``, else
+        the one next to the image topic)."""
+        given = self.camera_info_topics or ("",) * len(self.image_topics)
+        return [info or camera_info_topic(topic) for topic, info in zip(self.image_topics, given)]
 
     def _validate_depth(self) -> None:
         """Depth to 3D (docs/ros-interface.md, "Depth to 3D")."""
@@ -203,6 +230,17 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_detections", RuntimeParams.publish_detections, "Always build "
               "/cass/<cam>/detections (vision_msgs; otherwise only while it has subscribers)",
               "bool", runtime=True),
+    ParamSpec("overlay_legend", RuntimeParams.overlay_legend, "Draw a legend (class names in "
+              "their colours) on the colour overlay", "bool", runtime=True),
+    ParamSpec("color_table_file", RuntimeParams.color_table_file, "Write the class colour table "
+              "as CSV (name,red,green,blue,alpha,id: Hydra / semantic_inference) to this file "
+              "with every prompt set; empty = off", "str", runtime=True),
+    ParamSpec("mask_classes", list(RuntimeParams.mask_classes), "Class names whose pixels are "
+              "255 in /cass/<cam>/mask (mono8, nvblox's convention); empty = no mask", "list",
+              runtime=True),
+    ParamSpec("camera_info_topics", list(RuntimeParams.camera_info_topics), "camera_info per "
+              "image topic, republished on /cass/<cam>/camera_info for the label image; empty "
+              "or '' = the camera_info next to the image topic", "list"),
     ParamSpec("temporal_smoothing", RuntimeParams.temporal_smoothing, "Per-camera moving "
               "average of the class probabilities before the labels: weight of the history, "
               "below 1; 0 = off", "float", 0.0, 1.0, runtime=True),
