@@ -2,11 +2,15 @@
 
     cass_segment IMAGE_OR_DIR... --out DIR [--config YAML] [--preset NAME]
                  [--prompts TEXT] [--classes-file FILE] [--device DEV]
-                 [--save-probs] [--set KEY=VALUE ...]
+                 [--save-probs] [--no-legend] [--set KEY=VALUE ...]
 
 Settings precedence: defaults < preset < --config < --set and the explicit
 flags. ``--config`` takes a flat YAML mapping of parameter names or a ROS
 parameters file such as config/cass.yaml.
+
+Besides the per-image files, ``--out`` gets one ``color_table.csv``: the
+overlay colours in Hydra's layout (docs/ros-interface.md); every image of a
+run shares the prompt set, hence the table.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import numpy as np
 from ..core.config import ConfigError, build_config, coerce, read_settings_file, split_settings
 from ..core.prompts import PromptError, build_prompt_set, parse_prompt_text, prompt_set_from_settings
 from ..core.result import SegmentationResult
-from ..core.visualize import overlay, palette
+from ..core.visualize import draw_legend, overlay, palette, write_color_table
 from .common import load_segmenter
 
 log = logging.getLogger("cass_segment")
 
+# The colour table beside the outputs: label value -> name and overlay colour.
+COLOR_TABLE_NAME = "color_table.csv"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 # Output settings that are not segmenter parameters (as in config/cass.yaml).
 RUNTIME_DEFAULTS: dict[str, Any] = {"min_pixels": 1, "color_alpha": 0.5}
@@ -53,6 +59,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--save-probs", action="store_true",
                    help="also write <stem>_probs.npy: float32 classes x H x W")
+    p.add_argument("--no-legend", dest="legend", action="store_false",
+                   help="overlays without the legend of class names in their colours")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override parameters (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
@@ -239,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     colors = palette(prepared.num_labels)
+    try:
+        write_color_table(out / COLOR_TABLE_NAME, prepared.class_names, colors)
+    except OSError as e:
+        print(f"cass_segment: error: {e}", file=sys.stderr)
+        return 2
 
     # OpenCV logs its own multi-line messages for files it cannot decode;
     # each failure is reported once, in one line, below.
@@ -286,6 +299,8 @@ def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any
     t1 = time.perf_counter()
     cv2.imwrite(str(out / f"{stem}_labels.png"), result.labels)
     blend = overlay(rgb, result.labels, colors, runtime["color_alpha"])
+    if args.legend:
+        blend = draw_legend(blend, result.class_names, colors)
     cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
     if args.save_probs:
         np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))

@@ -3,6 +3,7 @@ precedence and errors. Tiny random models, the real pipeline."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from cass_ros.cli import segment as cli
 from cass_ros.core.config import build_config
 from cass_ros.core.prompts import build_prompt_set, parse_prompt_text
 from cass_ros.core.segmenter import Segmenter
+from cass_ros.core.visualize import legend_panel, palette
 
 REPO = Path(__file__).resolve().parents[2]
 OBJECT_KEYS = {"class_id", "label", "presence", "present", "pixel_count", "area_fraction",
@@ -311,3 +313,55 @@ def test_bad_inputs_as_a_program(images, tiny_weights, tmp_path):
     assert [line for line in lines if line not in errors] == [
         "WARNING cass_segment: two inputs are named huge: writing the second as huge_2"]
     assert f"{len(BAD_INPUTS) + 2} input(s) failed" in proc.stdout
+
+
+# ---------------------------------------------------------------- colour table and legend
+
+
+@pytest.fixture(scope="module")
+def run_no_legend(images, base_args, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_out_no_legend")
+    rc = cli.main([str(images / "first.png"), str(images / "second.jpg"), "--out", str(out),
+                   "--prompts", PROMPTS, "--no-legend", *base_args])
+    return rc, out
+
+
+def test_color_table_csv_matches_the_json_and_the_palette(run):
+    _, out = run
+    doc = json.loads((out / "first.json").read_text())
+    with open(out / "color_table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["name", "red", "green", "blue", "alpha", "id"]
+    assert [r["name"] for r in rows] == doc["class_names"]
+    assert [int(r["id"]) for r in rows] == list(range(len(rows)))
+    colors = palette(len(rows))
+    assert [[int(r[c]) for c in ("red", "green", "blue")] for r in rows] == colors.tolist()
+    assert {r["alpha"] for r in rows} == {"255"}
+    # one table for the run, not one per image
+    assert sorted(p.name for p in out.glob("*.csv")) == ["color_table.csv"]
+
+
+def _plain_overlay(rgb: np.ndarray, labels: np.ndarray, k: int, alpha: float = 0.5) -> np.ndarray:
+    colors = palette(k).astype(float)
+    return np.where((labels > 0)[..., None], rgb * (1 - alpha) + colors[labels] * alpha, rgb)
+
+
+@pytest.mark.parametrize("stem,suffix", [("first", ".png"), ("second", ".jpg")])
+def test_legend_only_inside_its_box_and_no_legend_is_the_plain_overlay(run, run_no_legend, images,
+                                                                       stem, suffix):
+    (rc, out), (rc_plain, out_plain) = run, run_no_legend
+    assert rc == rc_plain == 0
+    rgb = cv2.cvtColor(cv2.imread(str(images / f"{stem}{suffix}")), cv2.COLOR_BGR2RGB)
+    labels = cv2.imread(str(out_plain / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+    names = json.loads((out / f"{stem}.json").read_text())["class_names"]
+    with_legend = cv2.cvtColor(cv2.imread(str(out / f"{stem}_overlay.png")), cv2.COLOR_BGR2RGB)
+    plain = cv2.cvtColor(cv2.imread(str(out_plain / f"{stem}_overlay.png")), cv2.COLOR_BGR2RGB)
+    assert np.abs(plain - _plain_overlay(rgb, labels, len(names))).max() <= 1.0
+    panel = legend_panel(names, palette(len(names)), *rgb.shape[:2])
+    assert panel is not None
+    h, w = panel.keep.shape
+    inside = np.zeros(rgb.shape[:2], bool)
+    inside[panel.y:panel.y + h, panel.x:panel.x + w] = True
+    assert np.array_equal(with_legend[~inside], plain[~inside])
+    assert not np.array_equal(with_legend[inside], plain[inside])
+    assert (out_plain / "color_table.csv").is_file()  # --no-legend still writes the table
