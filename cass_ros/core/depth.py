@@ -23,7 +23,14 @@ import numpy as np
 
 # The labelled cloud's point layout (sensor_msgs/PointCloud2 fields, 20 bytes).
 POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("label", "<u4"),
-                        ("confidence", "<f4")])
+                        ("confidence", "<f4"), ("rgb", "<f4")])
+
+
+def packed_rgb(colors: np.ndarray) -> np.ndarray:
+    """(K, 3) uint8 colours -> (K,) float32 whose bits are 0x00RRGGBB: PCL's
+    PointXYZRGB ``rgb`` field, which rviz and Foxglove colour points by."""
+    c = np.asarray(colors, np.uint32)
+    return ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).astype("<u4").view("<f4")
 
 
 class DepthError(ValueError):
@@ -206,12 +213,14 @@ def _group_trimmed_mean(ordered: np.ndarray, start: np.ndarray, n: np.ndarray,
 
 
 def labelled_points(labels: np.ndarray, depth_m: np.ndarray, confidence: np.ndarray | None,
-                    intrinsics: Intrinsics, stride: int = 1) -> np.ndarray:
+                    intrinsics: Intrinsics, stride: int = 1,
+                    colors: np.ndarray | None = None) -> np.ndarray:
     """The labelled cloud: every ``stride``-th pixel in rows and columns
     with valid depth, background (label 0) included, as a structured array
     of POINT_DTYPE (x, y, z metres; label; confidence = the probability of
-    the pixel's own label, 0 when ``confidence`` is None). labels,
-    depth_m and confidence are (H, W) of one size."""
+    the pixel's own label, 0 when ``confidence`` is None; rgb = the label's
+    colour in ``colors`` (K, 3) packed as ``packed_rgb``, black when None).
+    labels, depth_m and confidence are (H, W) of one size."""
     check_shapes(labels, depth_m)
     if confidence is not None and confidence.shape != labels.shape:
         raise DepthError(f"confidence is {confidence.shape}, labels are {labels.shape}")
@@ -226,9 +235,10 @@ def labelled_points(labels: np.ndarray, depth_m: np.ndarray, confidence: np.ndar
     out["x"], out["y"], out["z"] = points.T
     out["label"] = labels[::stride, ::stride][keep]
     out["confidence"] = 0.0 if confidence is None else confidence[::stride, ::stride][keep]
+    out["rgb"] = 0.0 if colors is None else packed_rgb(colors)[out["label"]]
     return out
 
 
 __all__ = ["Intrinsics", "ObjectGeometry", "DepthError", "POINT_DTYPE", "valid_depth",
            "back_project", "nearest_resize", "check_shapes", "object_geometry",
-           "labelled_points"]
+           "labelled_points", "packed_rgb"]

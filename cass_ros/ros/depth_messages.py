@@ -72,7 +72,8 @@ def detections_3d_msg(result: SegmentationResult, geometry: ObjectGeometry, head
 
 def cloud_msg(points: np.ndarray, header: Any) -> Any:
     """sensor_msgs/PointCloud2 of labelled points (core.depth.POINT_DTYPE:
-    x, y, z float32, label uint32, confidence float32; 20 bytes a point),
+    x, y, z float32, label uint32, confidence float32, rgb float32 packed
+    as PCL packs it; 24 bytes a point),
     unorganised (height 1), little endian, dense (only valid depth)."""
     from sensor_msgs.msg import PointCloud2, PointField
 

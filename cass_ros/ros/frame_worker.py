@@ -4,7 +4,8 @@ frame that is ready, convert them, run them through the segmenter in one
 call, and publish labels, objects and (when wanted) the colour overlay and
 the vision_msgs detections ("Standard messages"). Each camera's temporal
 stream (docs/algorithm.md 5.6) lives here, fed only by this thread.
-With a matched depth image it also publishes the 3D outputs ("Depth to 3D").
+With a matched depth image it also publishes the 3D outputs ("Depth to 3D"),
+and, while subscribed, the outputs for mappers (mapper_outputs.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from std_msgs.msg import Header
 from ..core.depth import DepthError, ObjectGeometry, labelled_points, nearest_resize, object_geometry
 from ..core.result import SegmentationResult
 from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
-from ..core.visualize import overlay
+from ..core.visualize import draw_legend, overlay
 from .cameras import Batch, Camera, CameraBoard
 from .depth_input import DepthFrame, DepthInput, Found, stamp_ns
 from .depth_messages import cloud_msg, detections_3d_msg
 from .image_conversion import ImageConversionError, to_rgb
+from . import mapper_outputs
 from .in_force import Work
 from .messages import color_image_msg, label_image_msg, objects_msg
 from .vision import detections_msg
@@ -48,6 +50,10 @@ class CameraOutputs:
     label_info: Publisher | None = None
     detections_3d: Publisher | None = None   # cameras with depth, when vision_msgs is there
     points: Publisher | None = None          # cameras with depth
+    # outputs for mappers (mapper_outputs.py), built only while subscribed
+    camera_info: Publisher | None = None
+    confidence: Publisher | None = None
+    mask: Publisher | None = None
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,11 @@ class FrameWorker:
 
     def __init__(self, board: CameraBoard[ImageMsg], outputs: Sequence[CameraOutputs],
                  work: Callable[[], Work | None], logger: RcutilsLogger,
-                 stop: threading.Event, depth: DepthInput | None = None) -> None:
+                 stop: threading.Event, depth: DepthInput | None = None,
+                 infos: mapper_outputs.CameraInfos | None = None) -> None:
         self._board = board
         self._depth = depth
+        self._infos = infos
         self._outputs = list(outputs)
         self._work = work
         self._log = logger
@@ -157,6 +165,9 @@ class FrameWorker:
         out = self._outputs[frame.cam.index]
         header, runtime = frame.header, work.runtime
         out.labels.publish(label_image_msg(result, header))
+        if self._infos is not None:
+            mapper_outputs.publish(out, header, result, work.prompts, runtime, self._infos,
+                                   frame.cam.index, self._log)
         d3 = self._geometry(frame, result, work, found)
         out.objects.publish(objects_msg(result, header, runtime.min_pixels, inference_ms,
                                         d3.geometry if d3 else None))
@@ -177,8 +188,10 @@ class FrameWorker:
 
                 rgb = resize_short_side(rgb, work.segmenter.config.short_side)
             frame.cam.overlays += 1
-            out.color.publish(color_image_msg(
-                overlay(rgb, result.labels, work.prompts.colors, runtime.color_alpha), header))
+            blended = overlay(rgb, result.labels, work.prompts.colors, runtime.color_alpha)
+            if runtime.overlay_legend:
+                blended = draw_legend(blended, work.prompts.class_names, work.prompts.colors)
+            out.color.publish(color_image_msg(blended, header))
 
     # ------------------------------------------------------------ depth to 3D
 
@@ -221,5 +234,5 @@ class FrameWorker:
             if conf is not None:
                 conf = nearest_resize(conf, d3.labels.shape)
             points = labelled_points(d3.labels, d3.depth.depth_m, conf, d3.depth.intrinsics,
-                                     runtime.cloud_stride)
+                                     runtime.cloud_stride, work.prompts.colors)
             out.points.publish(cloud_msg(points, frame.header))

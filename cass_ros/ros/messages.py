@@ -77,6 +77,22 @@ def label_image_msg(result: SegmentationResult, header: Any) -> Any:
     return _image_msg(labels_to_fields(result.labels), header)
 
 
+def float_image_msg(values: np.ndarray, header: Any) -> Any:
+    """sensor_msgs/Image 32FC1 (little endian) of (H, W) float values."""
+    data = np.ascontiguousarray(values, "<f4")
+    h, w = data.shape
+    return _image_msg({"height": h, "width": w, "encoding": "32FC1", "is_bigendian": 0,
+                       "step": w * 4, "data": data.tobytes()}, header)
+
+
+def mono8_msg(values: np.ndarray, header: Any) -> Any:
+    """sensor_msgs/Image mono8 of (H, W) uint8 values (a mask)."""
+    data = np.ascontiguousarray(values, np.uint8)
+    h, w = data.shape
+    return _image_msg({"height": h, "width": w, "encoding": "mono8", "is_bigendian": 0,
+                       "step": w, "data": data.tobytes()}, header)
+
+
 def color_image_msg(rgb: np.ndarray, header: Any) -> Any:
     """sensor_msgs/Image rgb8 of an overlay."""
     return _image_msg(rgb_to_fields(rgb), header)

@@ -55,7 +55,8 @@ from cass_ros.msg import ClassTable, ObjectPresenceArray
 from ..core.config import CassConfig, ConfigError
 from ..core.prompt_session import ActivePrompts
 from ..core.prompts import PromptError, PromptSet, check_prompt_set, parse_prompt_text
-from . import depth_wiring, log_bridge, memory
+from ..core.visualize import write_color_table
+from . import depth_wiring, log_bridge, mapper_outputs, memory
 from . import params as node_params
 from .cameras import Camera, CameraBoard
 from .depth_input import DepthInput
@@ -129,6 +130,7 @@ class CassNodeBase(Node):
         self._frames_stop = threading.Event()   # per activation; set by deactivate and stop
         self._prompts: PromptWorker | None = None
         self._depth: DepthInput | None = None
+        self._infos: mapper_outputs.CameraInfos | None = None
         self._in_force: InForce | None = None   # None: not configured (no models)
         self._active = False                    # frames are taken and outputs published
         # what configure / activate created: (destroy method, entity)
@@ -193,6 +195,7 @@ class CassNodeBase(Node):
         with self._created(self._configured_entities):
             self._make_interfaces(runtime)
         self._in_force = in_force
+        self._write_color_table(in_force.session.active)
         self._prompts = PromptWorker(self._in_force, self._announce, self.get_logger(), self._stop,
                                      settings_applied=self._publish_label_info)
         self._prompts.start()
@@ -207,6 +210,7 @@ class CassNodeBase(Node):
                                       for cam in self._board.cameras]
             if self._depth is not None:
                 depth_wiring.subscribe(self, self._depth, qos)
+            mapper_outputs.subscribe(self, self._infos)
             self._start_workers()
         self._log_ready(runtime)
 
@@ -243,6 +247,7 @@ class CassNodeBase(Node):
         device = self._in_force.segmenter.device if self._in_force else None
         self._destroy(self._configured_entities)
         self._prompts = self._in_force = self._board = self._frames = self._depth = None
+        self._infos = None
         self._outputs = []
         memory.release(device, trim=True)
 
@@ -325,6 +330,8 @@ class CassNodeBase(Node):
         self._outputs = [self._camera_outputs(cam) for cam in self._board.cameras]
         self._depth, self._outputs = depth_wiring.attach(self, runtime, self._board.cameras,
                                                          self._outputs)
+        self._infos, self._outputs = mapper_outputs.attach(self, runtime, self._board.cameras,
+                                                           self._outputs, OUT_IMAGE_QOS)
 
     def _camera_outputs(self, cam: Camera[ImageMsg]) -> CameraOutputs:
         base = f"cass/{cam.name}"
@@ -363,7 +370,8 @@ class CassNodeBase(Node):
         if self._stop.is_set():
             self._frames_stop.set()
         self._frames = FrameWorker(self._board, self._outputs, self._in_force.work,
-                                   self.get_logger(), self._frames_stop, depth=self._depth)
+                                   self.get_logger(), self._frames_stop, depth=self._depth,
+                                   infos=self._infos)
         self._frames.start()
         self._active = True
         active = self._in_force.session.active
@@ -432,6 +440,8 @@ class CassNodeBase(Node):
             self.get_logger().warning(f"parameter change rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         self._in_force.set_runtime(runtime)
+        if "color_table_file" in changes:
+            self._write_color_table(self._in_force.session.active)
         for name in node_params.PROMPT_NAMES:
             if name in changes:
                 self._prompt_values[name] = changes[name]
@@ -477,6 +487,7 @@ class CassNodeBase(Node):
         inactive nothing is published: activation publishes the table."""
         if self._active:
             self._publish_class_table(active)
+        self._write_color_table(active)
         if self._board is not None:
             self._board.wake()
 
@@ -486,6 +497,18 @@ class CassNodeBase(Node):
         self._pub_classes.publish(class_table_msg(active.prompt_set, active.prompt_id, header))
         self._class_header = header
         self._publish_label_info()
+
+    def _write_color_table(self, active: ActivePrompts | None) -> None:
+        """``color_table_file``: the class colours as CSV, rewritten with
+        every prompt set (and when the parameter changes). A file that cannot
+        be written is logged, never fatal."""
+        path = self._in_force.runtime.color_table_file if self._in_force else ""
+        if not path or active is None:
+            return
+        try:
+            write_color_table(path, active.class_names, active.colors)
+        except OSError as e:
+            self.get_logger().warning(f"color_table_file: cannot write {path!r}: {e}")
 
     def _publish_label_info(self) -> None:
         """/cass/<cam>/label_info (latched): the class map in force with the

@@ -200,7 +200,7 @@ def test_labelled_points_subsample_valid_depth() -> None:
     depth[1, 1] = np.inf        # off the grid for stride 2: irrelevant
     conf = np.random.default_rng(0).random((H, W)).astype(np.float32)
     pts = labelled_points(labels, depth, conf, CAM, stride=2)
-    assert pts.dtype == POINT_DTYPE and pts.dtype.itemsize == 20
+    assert pts.dtype == POINT_DTYPE and pts.dtype.itemsize == 24
     assert pts.size == (H // 2) * (W // 2) - 2
     # independent: every grid pixel with valid depth, back-projected by hand
     vv, uu = np.meshgrid(np.arange(0, H, 2), np.arange(0, W, 2), indexing="ij")
@@ -214,6 +214,7 @@ def test_labelled_points_subsample_valid_depth() -> None:
     assert 0 in set(pts["label"].tolist())      # background is in the cloud
     np.testing.assert_array_equal(pts["confidence"], conf[v, u])
     assert not labelled_points(labels, depth, None, CAM, stride=5)["confidence"].any()
+    assert not labelled_points(labels, depth, None, CAM, stride=5)["rgb"].view("<u4").any()
     with pytest.raises(DepthError, match="stride must be >= 1"):
         labelled_points(labels, depth, None, CAM, stride=0)
 
@@ -248,3 +249,15 @@ def test_far_spread_values_take_the_exact_sort() -> None:
     assert geo.counts.tolist() == counts.tolist()
     for got, want in ((geo.box_min, lo), (geo.box_max, hi), (geo.centroid, cen)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+
+
+def test_labelled_points_carry_the_class_colour_as_pcl_packs_it() -> None:
+    labels, depth, _ = _plane_scene(2.0)
+    colors = np.random.default_rng(3).integers(0, 256, (int(labels.max()) + 1, 3), dtype=np.uint8)
+    pts = labelled_points(labels, depth, None, CAM, stride=3, colors=colors)
+    # independent: the bytes of each point's rgb are B, G, R, 0 (little endian 0x00RRGGBB)
+    raw = np.frombuffer(pts.tobytes(), np.uint8).reshape(pts.size, POINT_DTYPE.itemsize)
+    off = POINT_DTYPE.fields["rgb"][1]
+    want = colors[pts["label"]]
+    np.testing.assert_array_equal(raw[:, off:off + 3], want[:, ::-1])
+    assert not raw[:, off + 3].any()
