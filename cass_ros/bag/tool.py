@@ -14,6 +14,15 @@ node's output topics:
     /cass/classes                   cass_ros/ClassTable (latched)
 
 each output at the bag time of its input frame, with the input's header.
+The overlays carry the legend when the parameters say ``overlay_legend:
+true``. Beside the bag's own files, the output bag folder gets the colour
+table of each prompt set in Hydra's CSV layout (docs/ros-interface.md, the
+colour table): ``color_table_<prompt_id>.csv`` for every set the run puts
+in force (the prompt_id of /cass/classes and of each objects message), and
+``color_table.csv``, rewritten with every set as the node rewrites its
+``color_table_file``: at the end it holds the last set. rosbags and ros2 bag
+ignore files a bag's metadata does not list; ``--overwrite`` removes the
+whole output folder, these files with it.
 Prompt messages in the bag (/cass/prompts, std_msgs/String) apply from the
 next frame on, checked, numbered and coloured by the same PromptSession as
 the node's. Unlike the node, every frame is segmented (no frame is dropped
@@ -50,7 +59,7 @@ from ..core.prompt_session import PromptSession
 from ..core.prompts import PromptError, PromptSet, build_prompt_set, parse_prompt_text
 from ..core.result import SegmentationResult
 from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
-from ..core.visualize import overlay
+from ..core.visualize import draw_legend, overlay, write_color_table
 from ..ros import params as node_params
 from ..ros.image_conversion import ImageConversionError
 
@@ -58,6 +67,10 @@ if TYPE_CHECKING:  # imports torch: loaded in _load_segmenter, see there
     from ..core.segmenter import Segmenter
 
 log = logging.getLogger("cass_bag")
+
+# In the output bag folder (module docstring): the latest set, and one per prompt_id.
+COLOR_TABLE_NAME = "color_table.csv"
+COLOR_TABLE_PER_SET = "color_table_{prompt_id}.csv"
 
 
 @dataclass
@@ -409,6 +422,20 @@ def _write_class_table(ctx: _Run, t_ns: int) -> None:
                 ctx.ts, header, active.prompt_set, ctx.settings.config.prob_threshold),
                 bag_io.LABEL_INFO_TYPE)
             ctx.writer.write(s.outputs["label_info"], t_ns, info)
+    _write_color_tables(ctx)
+
+
+def _write_color_tables(ctx: _Run) -> None:
+    """The active set's colour table into the output bag folder (the module
+    docstring names the files). The writer has made the folder by now."""
+    active = ctx.settings.session.active
+    assert active is not None
+    folder = Path(ctx.opts.out)
+    try:
+        for name in (COLOR_TABLE_PER_SET.format(prompt_id=active.prompt_id), COLOR_TABLE_NAME):
+            write_color_table(folder / name, active.class_names, active.colors)
+    except OSError as e:
+        raise bag_io.BagError(str(e)) from None
 
 
 # ---------------------------------------------------------------- the pass over the messages
@@ -537,6 +564,8 @@ def _write_overlay(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> 
 
         base = resize_short_side(base, ctx.settings.config.short_side)
     blended = overlay(base, labels, colors, ctx.settings.runtime.color_alpha)
+    if ctx.settings.runtime.overlay_legend:
+        blended = draw_legend(blended, frame.result.class_names, colors)
     if "color" in s.outputs:
         cmsg = bag_io.color_image_msg(ctx.ts, frame.header, blended)
         ctx.writer.write(s.outputs["color"], frame.t_ns, ctx.ts.serialize_cdr(cmsg, bag_io.IMAGE))
