@@ -270,3 +270,35 @@ def test_camera_info_topics_default_and_override() -> None:
                              "camera_info_topics": ["/x"]})
     with pytest.raises(ConfigError, match="mask_classes"):
         runtime_from_values({"mask_classes": [" person"]})
+
+
+def test_overlay_legend_parameter(live: Any) -> None:
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    from cass_ros.core.visualize import draw_legend
+
+    _listen(live, Image, "cass/front/segmentation/color", live.node._outputs[0].color)
+    # large enough for a legend (a 32 x 43 overlay has no room for one)
+    frame = np.kron(_frame(), np.ones((5, 5, 1), np.uint8))
+
+    def overlay_of_frame() -> np.ndarray:
+        live.stamp[0] += 100_000_000
+        stamp = live.stamp[0]
+        live.pubs.image.publish(image_msg(frame, stamp, "front_optical"))
+        msg = live.h.wait_message("cass/front/segmentation/color",
+                                  lambda m: stamp_ns(m.header) == stamp, 60)
+        return np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+
+    live.node.set_parameters([Parameter("output_size", value="input")])
+    try:
+        plain = overlay_of_frame()
+        live.node.set_parameters([Parameter("overlay_legend", value=True)])
+        with_legend = overlay_of_frame()
+    finally:
+        live.node.set_parameters([Parameter("overlay_legend", value=False),
+                                  Parameter("output_size", value="model")])
+    active = live.node._in_force.session.active
+    assert not np.array_equal(plain, with_legend)
+    np.testing.assert_array_equal(with_legend,
+                                  draw_legend(plain, active.class_names, active.colors))
