@@ -9,8 +9,9 @@
 4. plays the bag into it over DDS (lock-step by default: each frame waits
    for the node's output, so a slow CPU still segments every frame;
    ``--rate R`` plays at R x real time and lets the node drop frames);
-5. records every output topic into a new bag and writes PNG overlays and a
-   per-frame summary (JSON + CSV) from what the node published;
+5. records every output topic into a new bag and writes PNG overlays, a
+   per-frame summary (JSON + CSV) and the colour tables of the prompt sets
+   (Hydra's CSV layout, docs/ros-interface.md) from what the node published;
 6. prints the output folder.
 
 Run from a sourced install tree (`make demo` does that):
@@ -41,6 +42,7 @@ import bag_player  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 
 from cass_ros.bag import io as bag_io  # noqa: E402
+from cass_ros.core.visualize import palette, write_color_table  # noqa: E402
 
 log = logging.getLogger("run_demo")
 
@@ -59,6 +61,8 @@ RANDOM_BANNER = """
 DEMO_SETTINGS: dict[str, Any] = {
     "prompts": list(make_sample_bag.INITIAL_PROMPTS),
     "publish_color": True,
+    # The overlays show what their colours mean (docs/ros-interface.md, overlay_legend).
+    "overlay_legend": True,
     # Reliable: a best-effort subscriber of Fast DDS's default set-up loses
     # most 640 x 480 frames between two processes (see test/harness/bag_harness.py).
     "image_qos": "reliable",
@@ -127,8 +131,19 @@ def write_results(rec: bag_player.Recording, bag: Path, out: Path) -> dict[str, 
                     msg, image=f"{make_sample_bag.IMAGE_TOPIC}@{bag_io.stamp_text(ns)}",
                     topic=make_sample_bag.IMAGE_TOPIC, camera="camera",
                     index=frames.index(ns), size=(make_sample_bag.HEIGHT, make_sample_bag.WIDTH)))
+    write_color_tables(rec.messages(bag_io.CLASSES_TOPIC), out)
     return {"frames": len(frames), "segmented": len(objects),
             "present": _present_counts(objects)}
+
+
+def write_color_tables(tables: list[Any], out: Path) -> None:
+    """The colour table of each class table the node published, as cass_bag
+    writes them beside its bag: color_table_<prompt_id>.csv, and
+    color_table.csv holding the last set (the one the node ended with)."""
+    for table in sorted(tables, key=lambda t: t.prompt_id):
+        names = list(table.class_names)
+        for name in (f"color_table_{table.prompt_id}.csv", "color_table.csv"):
+            write_color_table(out / name, names, palette(len(names)))
 
 
 def _present_counts(objects: list[Any]) -> dict[str, int]:
@@ -158,8 +173,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def clean_outputs(out: Path) -> None:
     """Remove the demo's own outputs of a previous run; the sample bag is kept."""
     out.mkdir(parents=True, exist_ok=True)
-    for old in ("output_bag", "overlays", "summary.json", "summary.csv", "node.log"):
-        path = out / old
+    olds = [out / name for name in ("output_bag", "overlays", "summary.json", "summary.csv",
+                                    "node.log")]
+    for path in olds + sorted(out.glob("color_table*.csv")):
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
