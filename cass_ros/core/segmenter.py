@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import MODEL, CassConfig, ConfigError, group_names, parse_device
 from .c_heap import keep_freed_memory
@@ -35,11 +34,11 @@ from .preprocess import (
     resize_short_side,
     slide_windows,
 )
-from .presence import adjust_text, class_presence, patch_logits, per_class_max, presence_similarity
 from .prompts import PromptSet
-from .label_stats import device_label_statistics
+from .queries.decode import decode
+from .queries.features import CropFeatures, ImageFeatures
 from .result import SegmentationResult
-from .spectral import FusionInfo, SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
+from .spectral import SpectralParams, cass_attention, gaussian_prior, resize_dino_keys
 from .temporal import StreamFrame
 from .text import TextEmbedder, cluster_names
 from .timing import StageTimer
@@ -123,7 +122,6 @@ class _Batch:
     resized: list[np.ndarray]       # (Hr, Wr, 3) uint8 each (2.1)
     pixels: list[torch.Tensor]      # (3, Hr, Wr) uint8 on the device
     clip_full: list[torch.Tensor]   # (3, Hr, Wr) CLIP-normalised (2.2)
-    offsets: np.ndarray             # (I + 1,) start of each image in the flat canvas
     image_g: torch.Tensor | None = None  # (I, E) whole-image global vectors (4.1)
 
 
@@ -261,7 +259,8 @@ class Segmenter:
                 return_probs: bool = False, output_size: str = "input",
                 streams: Sequence[StreamFrame | None] | None = None,
                 return_heads: bool = False) -> list[SegmentationResult]:
-        """Segment RGB uint8 images (H, W, 3), possibly of different sizes.
+        """Segment RGB uint8 images (H, W, 3), possibly of different sizes:
+        exactly ``decode(encode(images), prompts, ...)`` (docs/algorithm.md 8).
 
         ``output_size``: ``input`` gives labels at each image's size,
         ``model`` at the resized (short side) size. Every result carries
@@ -275,26 +274,59 @@ class Segmenter:
         self._check_call(images, output_size, streams)
         if not images:
             return []
-        cfg = self.config
         self._timer.start()
+        features = self._encode(images)
+        results = decode(features, prompts, self.config, self._timer, return_probs, output_size,
+                         streams)
+        timings = self._timer.timings_ms()
+        heads = _heads_per_image(features) if return_heads else None
+        for i, res in enumerate(results):
+            res.timings_ms = dict(timings)
+            if heads is not None and heads[i]:
+                res.heads = np.stack(heads[i])
+        return results
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[np.ndarray]) -> ImageFeatures:
+        """The image half (docs/algorithm.md 8): both trunks, the spectral
+        head matching and CLIP's fused last layer for every crop of every
+        image; nothing of it depends on the prompts. On the device."""
+        self._check_call(images, "input", None)
+        self._timer.start()
+        return self._encode(images)
+
+    @torch.inference_mode()
+    def decode(self, features: ImageFeatures, prompts: PreparedPrompts,
+               return_probs: bool = False, output_size: str = "input",
+               streams: Sequence[StreamFrame | None] | None = None
+               ) -> list[SegmentationResult]:
+        """The prompt half (docs/algorithm.md 8): ``features`` of ``encode``
+        and a prompt set -> one result per image, what ``segment`` gives for
+        those images and prompts. Safe beside a running ``segment`` (its own
+        timer; reads the features only)."""
+        if output_size not in ("input", "model"):
+            raise ValueError(f"output_size must be 'input' or 'model', not {output_size!r}")
+        if streams is not None and len(streams) != len(features):
+            raise ValueError(f"streams: {len(streams)} entries for {len(features)} images")
+        timer = self._new_timer()
+        results = decode(features, prompts, self.config, timer, return_probs, output_size,
+                         streams)
+        timings = timer.timings_ms()
+        for res in results:
+            res.timings_ms = dict(timings)
+        return results
+
+    def _encode(self, images: Sequence[np.ndarray]) -> ImageFeatures:
+        cfg = self.config
         with self._timer("preprocess", sync=False):
             batch = self._upload(images)
             groups = self._crop_groups(batch.resized)
         # 4.1: in sliding-window mode the presence prior uses the whole image.
         if cfg.slide_crop and not cfg.crop_global_vector:
             batch.image_g = self._whole_image_vectors(batch.clip_full)  # (I, E)
-        canvas, image_r, heads = self._accumulate(batch, groups, prompts)
-        with self._timer("postprocess"):
-            results = [self._labels(self._output_logits(canvas, batch, i, image, output_size),
-                                    image_r[i], prompts, return_probs,
-                                    streams[i] if streams is not None else None)
-                       for i, image in enumerate(images)]
-        timings = self._timer.timings_ms()
-        for i, res in enumerate(results):
-            res.timings_ms = dict(timings)
-            if return_heads and heads[i]:
-                res.heads = np.stack(heads[i])
-        return results
+        crops = tuple(self._encode_crops(size, group, batch) for size, group in groups.items())
+        return ImageFeatures(tuple(tuple(img.shape[:2]) for img in images),
+                             tuple(tuple(img.shape[:2]) for img in batch.resized), crops)
 
     def _upload(self, images: Sequence[np.ndarray]) -> _Batch:
         """2.1: the 8-bit short-side resize; the resized images are uploaded
@@ -303,8 +335,7 @@ class Segmenter:
         pixels = [torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)
                   for img in resized]  # (3, H, W) uint8 each
         clip_full = [normalize(x, CLIP_MEAN, CLIP_STD) for x in pixels]
-        sizes = [img.shape[0] * img.shape[1] for img in resized]
-        return _Batch(resized, pixels, clip_full, np.concatenate([[0], np.cumsum(sizes)]))
+        return _Batch(resized, pixels, clip_full)
 
     def _crop_groups(self, resized: list[np.ndarray]) -> dict[tuple[int, int], list[_Crop]]:
         """5.2: the crops of every resized image (one per image in
@@ -318,59 +349,6 @@ class Segmenter:
             for box in boxes:
                 groups[(box[1] - box[0], box[3] - box[2])].append(_Crop(i, box))
         return groups
-
-    def _accumulate(self, batch: _Batch, groups: dict[tuple[int, int], list[_Crop]],
-                    prompts: PreparedPrompts
-                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[np.ndarray]]]:
-        """Every crop through the model, its logits averaged into the canvas
-        (5.1, 5.2): canvas (C, sum HW) over names, and the reported presence
-        (I, C): each image's prior, or with the Cityscapes rule (4.1) the max
-        over its crops' own priors. Also each image's head choices, one
-        (h,) row per crop (empty for ``vanilla``)."""
-        # All resized images share one flat canvas; each crop's pixels are
-        # summed in with one index_add, then divided by the coverage.
-        n_names, n_pixels = len(prompts.names), int(batch.offsets[-1])
-        canvas = torch.zeros(n_names, n_pixels, device=self.device)
-        coverage = torch.zeros(n_pixels, device=self.device)
-        image_r = torch.full((len(batch.resized), n_names), float("-inf"), device=self.device)
-        heads: list[list[np.ndarray]] = [[] for _ in batch.resized]
-        for (ch, cw), group in groups.items():
-            logits, r, info = self._forward_crops(group, batch, prompts)
-            if info is not None:
-                for crop, col in zip(group, info.col):
-                    heads[crop.image].append(col)
-            with self._timer("postprocess"):
-                logits = F.interpolate(logits, size=(ch, cw), mode="bilinear", align_corners=False)
-                index = self._crop_index(group, batch.resized, batch.offsets, (ch, cw))
-                canvas.index_add_(1, index, logits.permute(1, 0, 2, 3).reshape(logits.shape[1], -1))
-                coverage.index_add_(0, index, torch.ones_like(index, dtype=coverage.dtype))
-                owner = torch.tensor([c.image for c in group], device=self.device)
-                image_r.scatter_reduce_(0, owner[:, None].expand_as(r), r, reduce="amax")
-        canvas /= coverage
-        return canvas, image_r, heads
-
-    @staticmethod
-    def _output_logits(canvas: torch.Tensor, batch: _Batch, i: int, image: np.ndarray,
-                       output_size: str) -> torch.Tensor:
-        """Image ``i``'s logits (C, H, W) at the output size (5.3)."""
-        hr, wr = batch.resized[i].shape[:2]
-        logits = canvas[:, batch.offsets[i]:batch.offsets[i + 1]].reshape(-1, hr, wr)
-        size = image.shape[:2] if output_size == "input" else (hr, wr)
-        if tuple(size) != tuple(logits.shape[-2:]):
-            logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear",
-                                   align_corners=False)[0]
-        return logits
-
-    def _crop_index(self, group: list[_Crop], resized: list[np.ndarray], offsets: np.ndarray,
-                    size: tuple[int, int]) -> torch.Tensor:
-        """Flat canvas positions of every pixel of every crop: (B * ch * cw,)."""
-        ch, cw = size
-        ys, xs = np.meshgrid(np.arange(ch), np.arange(cw), indexing="ij")
-        starts = np.array([(c.box[0], c.box[2], resized[c.image].shape[1], offsets[c.image])
-                           for c in group])  # (B, 4): y0, x0, image width, offset
-        flat = (starts[:, 3, None, None] + (starts[:, 0, None, None] + ys) * starts[:, 2, None, None]
-                + starts[:, 1, None, None] + xs)
-        return torch.from_numpy(flat.reshape(-1)).to(self.device)
 
     def _whole_image_vectors(self, clip_full: list[torch.Tensor]) -> torch.Tensor:
         """One plain CLIP pass per image (images of equal size batched): (I, E)."""
@@ -387,10 +365,10 @@ class Segmenter:
                     out[i] = g[j]
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def _forward_crops(self, crops: list[_Crop], batch: _Batch, prompts: PreparedPrompts
-                       ) -> tuple[torch.Tensor, torch.Tensor, FusionInfo | None]:
-        """Crops of one size -> logits (B, C, gh, gw), presence similarity r
-        (B, C) and what the head matching chose (None for ``vanilla``)."""
+    def _encode_crops(self, size: tuple[int, int], crops: list[_Crop], batch: _Batch
+                      ) -> CropFeatures:
+        """Crops of one size -> their fused patch embeddings P (B, N, E),
+        the global vectors of their prior and what the head matching chose."""
         need_dino = self.config.attention != "vanilla"
         with self._timer("preprocess", sync=False):
             clip_in = torch.stack([batch.clip_full[c.image][:, c.box[0]:c.box[1], c.box[2]:c.box[3]]
@@ -412,21 +390,12 @@ class Segmenter:
             heads, info = cass_attention(q.float(), k.float(), v.float(), kd, grid, self.params,
                                          prior=self._prior(grid) if need_dino else None)
         with self._timer("head"):
+            with self._autocast():
+                patches = self.clip.reduced_output(heads)  # P (B, N, E), 3.9
             g = g_crop if g_crop is not None else batch.image_g[[c.image for c in crops]]
-            return (*self._head(heads, g, grid, prompts), info)
-
-    def _head(self, heads: torch.Tensor, g: torch.Tensor, grid: tuple[int, int],
-              prompts: PreparedPrompts) -> tuple[torch.Tensor, torch.Tensor]:
-        """3.9 and 4: per-head outputs -> patch embeddings P, the presence
-        similarity r (B, C) and the patch logits (B, C, gh, gw)."""
-        cfg = self.config
-        with self._autocast():
-            patches = self.clip.reduced_output(heads)  # P (B, N, E)
-        patches = patches.float()
-        r = presence_similarity(g, prompts.text)  # (B, C)
-        t = adjust_text(patches, prompts.text, r, prompts.cluster_onehot, cfg.mean_vector_weight)
-        logits = patch_logits(patches, t, r, cfg.global_semantics_weight)  # (B, N, C)
-        return logits.transpose(1, 2).reshape(patches.shape[0], -1, *grid), r
+            return CropFeatures(size, grid, tuple(c.image for c in crops),
+                                tuple(c.box for c in crops), patches.float(), g,
+                                tuple(info.col) if info is not None else ())
 
     def _dino_crop(self, crop: _Crop, pixels: list[torch.Tensor], resized: list[np.ndarray]
                    ) -> torch.Tensor:
@@ -439,43 +408,11 @@ class Segmenter:
             return x[:, :s, :s]
         return dino_input(resized[crop.image][y0:y1, x0:x1], self.dino.patch).to(self.device)
 
-    @staticmethod
-    def _statistics(labels: torch.Tensor, own_prob: torch.Tensor, r: torch.Tensor,
-                    prompts: PreparedPrompts
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Counts, mean confidence, boxes and presence (K each) computed on
-        the device and brought to the host in one copy."""
-        k = prompts.num_labels
-        counts, mean_conf, boxes = device_label_statistics(labels, own_prob, k)
-        presence = class_presence(r[None], prompts.name_labels, k)[0]
-        packed = torch.cat([counts.double(), mean_conf, boxes.double().reshape(-1),
-                            presence.double()]).cpu().numpy()   # (7K,)
-        return (packed[:k].astype(np.int64), packed[k:2 * k].astype(np.float32),
-                packed[2 * k:6 * k].reshape(k, 4).astype(np.int64),
-                packed[6 * k:].astype(np.float32))
 
-    def _labels(self, logits: torch.Tensor, r: torch.Tensor, prompts: PreparedPrompts,
-                return_probs: bool, frame: StreamFrame | None = None) -> SegmentationResult:
-        """Logits over names (C, H, W) -> labels, probabilities, statistics
-        (5.4), smoothed over time when ``frame`` says so (5.6)."""
-        k = prompts.num_labels
-        name_prob = torch.softmax(self.config.logit_scale * logits, 0)       # (C, H, W)
-        class_prob = per_class_max(name_prob, prompts.name_labels, k, dim=0)  # (K, H, W)
-        if frame is not None and not frame.stream.params.active:
-            frame = None        # off: exactly the per-frame path
-        if frame is not None:
-            class_prob = frame.stream.smooth(class_prob, prompts.prompt_id, frame.stamp_s)
-        best_prob, labels = class_prob.max(0)
-        labels = labels.masked_fill(best_prob < self.config.prob_threshold, 0)
-        own_prob = torch.gather(class_prob, 0, labels[None])[0]
-        counts, mean_conf, boxes, presence = self._statistics(labels, own_prob, r, prompts)
-        # uint8 on the device: a quarter of the bytes to copy
-        labels_np = (labels.to(torch.uint8).cpu().numpy() if k <= 256
-                     else labels.to(torch.int32).cpu().numpy().astype(np.uint16))
-        own_np = own_prob.cpu().numpy()
-        present = frame.stream.present(counts, frame.min_pixels) if frame is not None else None
-        return SegmentationResult(
-            labels=labels_np, class_names=prompts.class_names, presence=presence,
-            pixel_counts=counts, mean_confidence=mean_conf, boxes=boxes, prompt_id=prompts.prompt_id,
-            probs=class_prob.cpu().numpy().astype(np.float32) if return_probs else None,
-            present=present, confidence=own_np.astype(np.float32, copy=False))
+def _heads_per_image(features: ImageFeatures) -> list[list[np.ndarray]]:
+    """Each image's head choices, one (h,) row per crop in encode's order."""
+    heads: list[list[np.ndarray]] = [[] for _ in range(len(features))]
+    for grp in features.groups:
+        for owner, col in zip(grp.images, grp.heads):
+            heads[owner].append(col)
+    return heads
