@@ -73,7 +73,12 @@ def test_setup_cfg_entry_points_and_scripts() -> None:
     for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
         name, target = (s.strip() for s in line.split("="))
         points[name] = target
-    assert points == {name: f"{mod}:main" for name, mod in EXECUTABLES.items()}
+    # the ROS executables go through cass_ros.ros.entry: one line, not a
+    # traceback, where ROS or the built messages are missing (issue 18)
+    expected = {name: f"{mod}:main" for name, mod in EXECUTABLES.items()}
+    expected.update(cass_node="cass_ros.ros.entry:node_main",
+                    cass_lifecycle_node="cass_ros.ros.entry:lifecycle_main")
+    assert points == expected
     assert cfg["metadata"]["name"] == "cass_ros"
     ast.parse((REPO / "setup.py").read_text())
     assert (REPO / "resource" / "cass_ros").exists()
