@@ -4,7 +4,9 @@ clustering of the names by cosine distance.
 
 Embeddings depend only on the name and the text tower, so they are cached
 per name (in memory, and on disk when a cache directory is given): a prompt
-change encodes only the names not seen before.
+change encodes only the names not seen before. The cache holds at most
+``max_names`` names, the least recently used leave first: a stream of
+questions (``/cass/query``) cannot grow it without bound.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +30,10 @@ from .cpu_kernels import Linear
 from .vit_blocks import block_function
 
 log = logging.getLogger(__name__)
+
+# Names the embedding cache keeps (2 KB each at E = 512): the shipped
+# vocabulary (285 names) and thousands of prompt and query names.
+MAX_CACHED_NAMES = 4096
 
 
 def templates() -> list[Callable[[str], str]]:
@@ -73,7 +80,10 @@ class TextEmbedder:
     def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
                  device: torch.device, model_id: str, cache_dir: str | None = None,
                  autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 batch_names: int = 8, linear: Linear = F.linear) -> None:
+                 batch_names: int = 8, linear: Linear = F.linear,
+                 max_names: int = MAX_CACHED_NAMES) -> None:
+        if max_names < 1:
+            raise ValueError(f"max_names must be >= 1, not {max_names}")
         self.clip = clip
         self.linear = linear
         self.tokenizer = tokenizer
@@ -81,7 +91,8 @@ class TextEmbedder:
         self.autocast = autocast or contextlib.nullcontext
         self.batch_names = batch_names
         self._templates = templates()
-        self._memory: dict[str, torch.Tensor] = {}
+        self.max_names = max_names
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # oldest use first
         self._lock = threading.Lock()
         self._disk: Path | None = None
         if cache_dir:
@@ -90,6 +101,7 @@ class TextEmbedder:
             if self._disk.is_file():
                 try:
                     self._memory.update(torch.load(self._disk, map_location="cpu", weights_only=True))
+                    self._trim()
                 except Exception as e:  # noqa: BLE001 - a bad cache is only a cache miss
                     log.warning("ignoring unreadable text-embedding cache %s: %s", self._disk, e)
 
@@ -118,13 +130,24 @@ class TextEmbedder:
         """(C, E) float32 on the CPU, one unit row per name, cached."""
         with self._lock:
             missing = list(dict.fromkeys(n for n in names if n not in self._memory))
+            fresh = None
             if missing:
                 log.info("encoding %d new class name(s) with %d templates", len(missing),
                          len(self._templates))
-                fresh = self.encode_fresh(missing)
-                self._memory.update({n: fresh[i] for i, n in enumerate(missing)})
+                fresh = dict(zip(missing, self.encode_fresh(missing)))
+            rows = [fresh[n] if fresh is not None and n in fresh else self._memory[n]
+                    for n in names]
+            for n in dict.fromkeys(names):           # most recently used last
+                self._memory[n] = fresh[n] if fresh is not None and n in fresh else self._memory[n]
+                self._memory.move_to_end(n)
+            if missing:
+                self._trim()
                 self._save()
-            return torch.stack([self._memory[n] for n in names])
+            return torch.stack(rows)
+
+    def _trim(self) -> None:
+        while len(self._memory) > self.max_names:
+            self._memory.popitem(last=False)
 
     def _save(self) -> None:
         if self._disk is None:
