@@ -1,8 +1,8 @@
 """``cass_segment``: image files in, label PNG + colour overlay + JSON out.
 
     cass_segment IMAGE_OR_DIR... --out DIR [--config YAML] [--preset NAME]
-                 [--prompts TEXT] [--classes-file FILE] [--device DEV]
-                 [--save-probs] [--no-legend] [--set KEY=VALUE ...]
+                 [--prompts TEXT ...] [--queries FILE] [--classes-file FILE]
+                 [--device DEV] [--save-probs] [--no-legend] [--set KEY=VALUE ...]
 
 Settings precedence: defaults < preset < --config < --set and the explicit
 flags. ``--config`` takes a flat YAML mapping of parameter names or a ROS
@@ -11,6 +11,14 @@ parameters file such as config/cass.yaml.
 Besides the per-image files, ``--out`` gets one ``color_table.csv``: the
 overlay colours in Hydra's layout (docs/ros-interface.md); every image of a
 run shares the prompt set, hence the table.
+
+Several prompt sets (``--prompts`` given more than once, ``--queries``
+with one set per line): each image goes through the models once
+(Segmenter.encode) and is decoded once per set (Segmenter.decode). Set n
+(``--prompts`` in order, then the lines of ``--queries``) is written to
+``--out/set_NN/`` exactly as a run with that set alone writes ``--out``
+(but ``timings_ms``), and ``--out/sets.json`` names each folder's prompts.
+One set, from either flag, writes ``--out`` as before.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +37,13 @@ import cv2
 import numpy as np
 
 from ..core.config import ConfigError, build_config, coerce, read_settings_file, split_settings
-from ..core.prompts import PromptError, build_prompt_set, parse_prompt_text, prompt_set_from_settings
+from ..core.prompts import (
+    PromptError,
+    PromptSet,
+    build_prompt_set,
+    parse_prompt_text,
+    prompt_set_from_settings,
+)
 from ..core.result import SegmentationResult
 from ..core.visualize import draw_legend, overlay, palette, write_color_table
 from .common import load_segmenter
@@ -40,6 +55,8 @@ COLOR_TABLE_NAME = "color_table.csv"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 # Output settings that are not segmenter parameters (as in config/cass.yaml).
 RUNTIME_DEFAULTS: dict[str, Any] = {"min_pixels": 1, "color_alpha": 0.5}
+# The index of the set folders of a run with several prompt sets.
+SETS_INDEX_NAME = "sets.json"
 # Largest input decoded (2^27 = 134 M pixels, e.g. 11585 x 11585). Beyond it
 # the full-resolution overlay and probabilities alone need gigabytes, and a
 # file that claims more is far more likely broken or hostile than a photo.
@@ -54,7 +71,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="YAML settings: flat mapping or a ROS params file (config/cass.yaml)")
     p.add_argument("--preset", help="one of the paper's datasets: voc21, voc20, context60, context59, "
                    "coco_object, coco_stuff, cityscapes, ade20k")
-    p.add_argument("--prompts", help="classes separated by ',' ';' or new lines, synonyms by '|'")
+    p.add_argument("--prompts", action="append", default=[], metavar="TEXT",
+                   help="classes separated by ',' ';' or new lines, synonyms by '|'; "
+                   "given several times: one prompt set each, written to --out/set_NN/")
+    p.add_argument("--queries", action="append", default=[], metavar="FILE",
+                   help="one prompt set per line in the --prompts syntax (blank lines and "
+                   "lines starting with '#' skipped); sets after those of --prompts")
     p.add_argument("--classes-file", help="one class per line, ',' or '|' between synonyms")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--save-probs", action="store_true",
@@ -218,6 +240,75 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+@dataclass(frozen=True)
+class QuerySet:
+    """One prompt set of the run and the text it was written as."""
+
+    text: str | None                # None: the settings' prompts (preset, classes file)
+    prompt_set: PromptSet
+
+
+def read_queries(path: str) -> list[tuple[int, str]]:
+    """(line number, text) of each prompt set of a ``--queries`` file: one
+    per line, blank lines and lines starting with ``#`` skipped. PromptError
+    when the file cannot be read or holds no set."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise PromptError(f"cannot read --queries file {path}: {why}") from None
+    found = [(n, line.strip()) for n, line in enumerate(lines, 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not found:
+        raise PromptError(f"--queries file {path} holds no prompt set")
+    return found
+
+
+def prompt_sets(args: argparse.Namespace, config: Any) -> list[QuerySet]:
+    """The run's prompt sets in order: each ``--prompts``, then each line
+    of each ``--queries`` file; without either, the settings' one set.
+    PromptError names the flag, file and line of a set that is no use."""
+    several = len(args.prompts) > 1 or bool(args.queries)
+    if several and args.classes_file:
+        # A single --prompts wins over --classes-file (as it always has);
+        # among several sets the file would be silently dropped or have to
+        # be given a place: refused instead, so nothing is guessed.
+        raise PromptError("--classes-file gives one prompt set and cannot be combined with "
+                          "--queries or several --prompts; use its classes as one --prompts "
+                          "or one line of the --queries file")
+    texts: list[tuple[str, str]] = []
+    for n, text in enumerate(args.prompts, 1):
+        texts.append((f"--prompts #{n}: " if several else "", text))
+    for path in args.queries:
+        texts += [(f"--queries {path} line {n}: ", text) for n, text in read_queries(path)]
+    if not texts:
+        return [QuerySet(None, prompt_set_from_settings(config.prompts, config.classes_file,
+                                                        config.background_classes))]
+    sets = []
+    for where, text in texts:
+        try:
+            sets.append(QuerySet(text, build_prompt_set(parse_prompt_text(text),
+                                                        config.background_classes)))
+        except PromptError as e:
+            raise PromptError(f"{where}{e}") from None
+    return sets
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where one prompt set's files go, and what they are drawn with."""
+
+    folder: Path
+    prepared: Any                   # PreparedPrompts
+    colors: np.ndarray
+
+
+def set_folder_names(count: int) -> list[str]:
+    """``set_01`` ... : zero-padded so that they sort in set order."""
+    width = max(2, len(str(count)))
+    return [f"set_{n:0{width}d}" for n in range(1, count + 1)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -225,11 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, runtime = _settings(args)
         config = build_config(settings)
-        if args.prompts is not None:
-            prompt_set = build_prompt_set(parse_prompt_text(args.prompts), config.background_classes)
-        else:
-            prompt_set = prompt_set_from_settings(config.prompts, config.classes_file,
-                                                  config.background_classes)
+        sets = prompt_sets(args, config)
     except (ConfigError, PromptError) as e:
         print(f"cass_segment: error: {e}", file=sys.stderr)
         return 2
@@ -240,15 +327,28 @@ def main(argv: list[str] | None = None) -> int:
         print("cass_segment: error: no image files among the inputs", file=sys.stderr)
         return 2
 
-    loaded = load_segmenter("cass_segment", config, prompt_set)
+    loaded = load_segmenter("cass_segment", config, sets[0].prompt_set)
     if loaded is None:
         return 2
     segmenter, prepared = loaded
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    colors = palette(prepared.num_labels)
+    folders = [out] if len(sets) == 1 else [out / name for name in set_folder_names(len(sets))]
+    outputs = []
+    for i, (qs, folder) in enumerate(zip(sets, folders, strict=True)):
+        # Every set gets the prompt_id a run with it alone gets, so that
+        # its folder holds exactly that run's files.
+        ready = prepared if i == 0 else segmenter.prepare_prompts(qs.prompt_set,
+                                                                  prompt_id=prepared.prompt_id)
+        outputs.append(_Output(folder, ready, palette(ready.num_labels)))
     try:
-        write_color_table(out / COLOR_TABLE_NAME, prepared.class_names, colors)
+        for o in outputs:
+            o.folder.mkdir(parents=True, exist_ok=True)
+            write_color_table(o.folder / COLOR_TABLE_NAME, o.prepared.class_names, o.colors)
+        if len(sets) > 1:
+            index = [{"folder": o.folder.name, "prompts": qs.text,
+                      "class_names": list(o.prepared.class_names)}
+                     for qs, o in zip(sets, outputs, strict=True)]
+            (out / SETS_INDEX_NAME).write_text(json.dumps({"sets": index}, indent=2) + "\n")
     except OSError as e:
         print(f"cass_segment: error: {e}", file=sys.stderr)
         return 2
@@ -258,18 +358,22 @@ def main(argv: list[str] | None = None) -> int:
     cv_log_level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        failed = _segment_all(args, paths, segmenter, prepared, out, colors, runtime)
+        failed = _segment_all(args, paths, segmenter, outputs, runtime)
     finally:
         cv2.utils.logging.setLogLevel(cv_log_level)
     done = len(paths) - failed
     failed += len(problems)
     note = f"; {failed} input(s) failed" if failed else ""
-    print(f"cass_segment: wrote {done} result(s) to {out}{note}")
+    if len(sets) == 1:
+        print(f"cass_segment: wrote {done} result(s) to {out}{note}")
+    else:
+        print(f"cass_segment: wrote {done} result(s) for each of {len(sets)} prompt sets to "
+              f"{folders[0]} ... {folders[-1]} ({out / SETS_INDEX_NAME}){note}")
     return 1 if failed else 0
 
 
-def _segment_all(args: argparse.Namespace, paths: list[Path], segmenter: Any, prepared: Any,
-                 out: Path, colors: np.ndarray, runtime: dict[str, Any]) -> int:
+def _segment_all(args: argparse.Namespace, paths: list[Path], segmenter: Any,
+                 outputs: list[_Output], runtime: dict[str, Any]) -> int:
     """Segment and write every input; returns how many could not be read."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -281,8 +385,25 @@ def _segment_all(args: argparse.Namespace, paths: list[Path], segmenter: Any, pr
     with logging_redirect_tqdm() if show_bar else contextlib.nullcontext():
         for path, stem in tqdm(list(zip(paths, _unique_stems(paths), strict=True)),
                                desc="cass_segment", unit="img", disable=not show_bar):
-            failed += _segment_one(args, path, stem, segmenter, prepared, out, colors, runtime)
+            if len(outputs) == 1:
+                o = outputs[0]
+                failed += _segment_one(args, path, stem, segmenter, o.prepared, o.folder,
+                                       o.colors, runtime)
+            else:
+                failed += _segment_sets(args, path, stem, segmenter, outputs, runtime)
     return failed
+
+
+def _write_images(args: argparse.Namespace, out: Path, stem: str, rgb: np.ndarray,
+                  result: SegmentationResult, colors: np.ndarray, runtime: dict[str, Any]) -> None:
+    """The label PNG, the overlay and (--save-probs) the probabilities."""
+    cv2.imwrite(str(out / f"{stem}_labels.png"), result.labels)
+    blend = overlay(rgb, result.labels, colors, runtime["color_alpha"])
+    if args.legend:
+        blend = draw_legend(blend, result.class_names, colors)
+    cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+    if args.save_probs:
+        np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))
 
 
 def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any, prepared: Any,
@@ -297,19 +418,49 @@ def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any
     t_read = time.perf_counter() - t0
     result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
     t1 = time.perf_counter()
-    cv2.imwrite(str(out / f"{stem}_labels.png"), result.labels)
-    blend = overlay(rgb, result.labels, colors, runtime["color_alpha"])
-    if args.legend:
-        blend = draw_legend(blend, result.class_names, colors)
-    cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
-    if args.save_probs:
-        np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))
+    _write_images(args, out, stem, rgb, result, colors, runtime)
     t_write = time.perf_counter() - t1
     result.timings_ms["read"] = round(t_read * 1000.0, 3)
     result.timings_ms["write"] = round(t_write * 1000.0, 3)
     result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
     with open(out / f"{stem}.json", "w") as f:
         json.dump(result_json(str(path), result, runtime["min_pixels"]), f, indent=2)
+    return 0
+
+
+def _segment_sets(args: argparse.Namespace, path: Path, stem: str, segmenter: Any,
+                  outputs: list[_Output], runtime: dict[str, Any]) -> int:
+    """One input, several prompt sets: one forward pass (encode), one
+    decode and one set of files per set; 1 when it could not be read."""
+    t0 = time.perf_counter()
+    try:
+        rgb = read_rgb(path)
+    except UnreadableImage as e:
+        log.error("input %s: %s: skipped", path, e)
+        return 1
+    t_read = time.perf_counter() - t0
+    features = segmenter.encode([rgb])
+    # The stage times of that one pass: encode keeps them in the segmenter's
+    # stage timer (segment reads it the same way), its total is encode's.
+    shared = segmenter._timer.timings_ms()
+    for o in outputs:
+        t1 = time.perf_counter()
+        result = segmenter.decode(features, o.prepared, return_probs=args.save_probs)[0]
+        t2 = time.perf_counter()
+        _write_images(args, o.folder, stem, rgb, result, o.colors, runtime)
+        t_write = time.perf_counter() - t2
+        # Each set's JSON: the shared read and forward pass, plus its own
+        # decode and write, as if this set had been the only one.
+        timings = {k: round(shared.get(k, 0.0) + v, 3) for k, v in result.timings_ms.items()
+                   if k != "total"}
+        timings["total"] = 0.0      # the key order of a single-set run's JSON
+        timings["read"] = round(t_read * 1000.0, 3)
+        timings["write"] = round(t_write * 1000.0, 3)
+        timings["total"] = round(t_read * 1000.0 + shared["total"]
+                                 + (time.perf_counter() - t1) * 1000.0, 3)
+        result.timings_ms = timings
+        with open(o.folder / f"{stem}.json", "w") as f:
+            json.dump(result_json(str(path), result, runtime["min_pixels"]), f, indent=2)
     return 0
 
 

@@ -365,3 +365,207 @@ def test_legend_only_inside_its_box_and_no_legend_is_the_plain_overlay(run, run_
     assert np.array_equal(with_legend[~inside], plain[~inside])
     assert not np.array_equal(with_legend[inside], plain[inside])
     assert (out_plain / "color_table.csv").is_file()  # --no-legend still writes the table
+
+
+# ---------------------------------------------------------------- several prompt sets
+
+
+SET_A = "cat|kitty, dog"
+SET_B = "car; person|pedestrian, bicycle"
+SET_C = "red box"
+MODES = {"whole": [], "sliding": ["--set", "slide_crop=32", "slide_stride=20"]}
+
+
+def _json_without_timings(path: Path) -> dict:
+    doc = json.loads(path.read_text())
+    assert set(doc["timings_ms"]) >= {"total", "read", "write", "clip", "head", "postprocess"}
+    del doc["timings_ms"]
+    return doc
+
+
+def assert_same_outputs(got: Path, want: Path) -> None:
+    """``got`` holds what ``want`` holds, file by file: images pixel- and
+    byte-equal, probabilities equal, JSON equal but for timings_ms."""
+    names = sorted(p.name for p in want.iterdir())
+    assert sorted(p.name for p in got.iterdir()) == names
+    for name in names:
+        a, b = got / name, want / name
+        if name.endswith(".png"):
+            pa, pb = (cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (a, b))
+            assert pa.dtype == pb.dtype and np.array_equal(pa, pb), name
+            assert a.read_bytes() == b.read_bytes(), name
+        elif name.endswith(".npy"):
+            assert np.array_equal(np.load(a), np.load(b)), name
+        elif name.endswith(".json"):
+            assert _json_without_timings(a) == _json_without_timings(b), name
+        else:
+            assert a.read_text() == b.read_text(), name
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def two_sets(request, images, base_args, tmp_path_factory):
+    """A two-set run and the two single-set runs, in one mode."""
+    root = tmp_path_factory.mktemp(f"cli_sets_{request.param}")
+    inputs = [str(images / "first.png"), str(images / "second.jpg")]
+    common = [*inputs, "--save-probs", *base_args, *MODES[request.param]]
+    rcs = [cli.main(["--out", str(root / "both"), "--prompts", SET_A, "--prompts", SET_B, *common]),
+           cli.main(["--out", str(root / "a"), "--prompts", SET_A, *common]),
+           cli.main(["--out", str(root / "b"), "--prompts", SET_B, *common])]
+    assert rcs == [0, 0, 0]
+    return root
+
+
+def test_two_sets_write_what_two_separate_runs_write(two_sets):
+    both = two_sets / "both"
+    assert sorted(p.name for p in both.iterdir()) == ["set_01", "set_02", "sets.json"]
+    assert_same_outputs(both / "set_01", two_sets / "a")
+    assert_same_outputs(both / "set_02", two_sets / "b")
+    # the files are really there and differ between the sets
+    assert sorted(p.name for p in (both / "set_01").iterdir()) == [
+        "color_table.csv", "first.json", "first_labels.png", "first_overlay.png",
+        "first_probs.npy", "second.json", "second_labels.png", "second_overlay.png",
+        "second_probs.npy"]
+    assert (np.load(both / "set_01" / "first_probs.npy").shape[0]
+            != np.load(both / "set_02" / "first_probs.npy").shape[0])
+
+
+def test_sets_json_names_each_folders_prompts(two_sets):
+    index = json.loads((two_sets / "both" / "sets.json").read_text())
+    assert index == {"sets": [
+        {"folder": "set_01", "prompts": SET_A, "class_names": ["background", "cat", "dog"]},
+        {"folder": "set_02", "prompts": SET_B,
+         "class_names": ["background", "car", "person", "bicycle"]}]}
+
+
+def test_a_queries_file_is_several_prompts(images, base_args, tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text(f"# sets for the dock camera\n\n{SET_B}\n   # indented comment\n{SET_C}\n\n")
+    common = [str(images / "second.jpg"), "--save-probs", *base_args]
+    assert cli.main(["--out", str(tmp_path / "q"), "--prompts", SET_A, "--queries", str(queries),
+                     *common]) == 0
+    assert cli.main(["--out", str(tmp_path / "p"), "--prompts", SET_A, "--prompts", SET_B,
+                     "--prompts", SET_C, *common]) == 0
+    index = json.loads((tmp_path / "q" / "sets.json").read_text())["sets"]
+    assert [(s["folder"], s["prompts"]) for s in index] == [
+        ("set_01", SET_A), ("set_02", SET_B), ("set_03", SET_C)]
+    for folder in ("set_01", "set_02", "set_03"):
+        assert_same_outputs(tmp_path / "q" / folder, tmp_path / "p" / folder)
+
+
+def test_one_set_in_a_queries_file_writes_out_as_before(images, base_args, tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text(f"# one set\n{SET_A}\n")
+    common = [str(images / "first.png"), *base_args]
+    assert cli.main(["--out", str(tmp_path / "q"), "--queries", str(queries), *common]) == 0
+    assert cli.main(["--out", str(tmp_path / "p"), "--prompts", SET_A, *common]) == 0
+    assert not (tmp_path / "q" / "sets.json").exists()
+    assert_same_outputs(tmp_path / "q", tmp_path / "p")
+
+
+@pytest.fixture
+def forward_counts(monkeypatch):
+    """Calls of the real segmenter's halves and of its two trunks."""
+    from cass_ros.core.vit_features import ClipVision, DinoKeys
+
+    counts = {"encode": 0, "segment": 0, "clip": 0, "dino": 0}
+
+    def counting(cls, name: str, key: str) -> None:
+        real = getattr(cls, name)
+
+        def wrapper(self, *a, **kw):
+            counts[key] += 1
+            return real(self, *a, **kw)
+
+        monkeypatch.setattr(cls, name, wrapper)
+
+    counting(Segmenter, "encode", "encode")
+    counting(Segmenter, "segment", "segment")
+    counting(ClipVision, "tokens_before_last", "clip")
+    counting(DinoKeys, "last_keys", "dino")
+    return counts
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_models_run_once_per_image_for_n_sets(images, base_args, tmp_path, forward_counts,
+                                                   mode):
+    inputs = [str(images / "first.png"), str(images / "second.jpg")]
+    common = [*inputs, *base_args, *MODES[mode]]
+    assert cli.main(["--out", str(tmp_path / "one"), "--prompts", SET_A, *common]) == 0
+    single = dict(forward_counts)
+    # warm_up is not called by cass_segment: one segment call per image
+    assert single["segment"] == 2 and single["dino"] >= 2 and single["clip"] >= single["dino"]
+    if mode == "whole":     # one crop per image (sliding: more crop sizes, the global pass)
+        assert single["clip"] == single["dino"] == 2
+    forward_counts.update(dict.fromkeys(forward_counts, 0))
+    assert cli.main(["--out", str(tmp_path / "three"), "--prompts", SET_A, "--prompts", SET_B,
+                     "--prompts", SET_C, *common]) == 0
+    # one encode per image, and the trunks run as often as for one set
+    assert forward_counts == {"encode": 2, "segment": 0, "clip": single["clip"],
+                              "dino": single["dino"]}
+
+
+def _queries_file(tmp_path: Path, text: str | bytes) -> str:
+    path = tmp_path / "queries.txt"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_args,needle", [
+    (lambda d: ["--queries", str(d / "missing.txt")], "cannot read --queries file"),
+    (lambda d: ["--queries", str(d)], "cannot read --queries file"),
+    (lambda d: ["--queries", _queries_file(d, b"cat\n\xff\xfe dog\n")], "cannot read --queries"),
+    (lambda d: ["--queries", _queries_file(d, "# only comments\n\n   \n")], "holds no prompt set"),
+    (lambda d: ["--queries", _queries_file(d, "cat, dog\n# c\n ,; |\n")],
+     "queries.txt line 3: no class names"),
+    (lambda d: ["--prompts", "cat", "--prompts", " , "], "--prompts #2: no class names"),
+    (lambda d: ["--queries", _queries_file(d, "cat\n"), "--classes-file",
+                _queries_file(d, "dog\n")], "--classes-file"),
+    (lambda d: ["--prompts", "cat", "--prompts", "dog", "--classes-file",
+                _queries_file(d, "dog\n")], "--classes-file"),
+], ids=["missing", "folder", "not_utf8", "no_set", "bad_line", "bad_prompts", "classes_file",
+        "classes_file_prompts"])
+def test_bad_prompt_sets_are_one_error_line(images, base_args, tmp_path, capsys, make_args,
+                                            needle):
+    out = tmp_path / "out"
+    rc = cli.main([str(images / "first.png"), "--out", str(out), *base_args,
+                   *make_args(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cass_segment: error: "), err
+    assert needle in err, err
+    assert not out.exists()     # refused before anything is written
+
+
+def _sets_of(argv: list[str]) -> list[cli.QuerySet]:
+    args = cli._parse_args(argv)
+    settings, _ = cli._settings(args)
+    return cli.prompt_sets(args, build_config(settings))
+
+
+def test_the_prompt_flags_and_the_settings_prompts(tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("tree\nroad\n")
+    queries = _queries_file(tmp_path, "car\nbus|coach\n")
+    base = ["x.png", "--out", "o"]
+    # one --prompts still wins over --classes-file, as before
+    sets = _sets_of([*base, "--prompts", "cat", "--classes-file", str(classes)])
+    assert [s.prompt_set.class_names for s in sets] == [["background", "cat"]]
+    # without prompt flags: the classes file, or the preset's classes
+    (only,) = _sets_of([*base, "--classes-file", str(classes)])
+    assert only.text is None and only.prompt_set.class_names == ["background", "tree", "road"]
+    assert len(_sets_of([*base, "--preset", "ade20k"])[0].prompt_set.classes) == 150
+    # --queries replaces a preset's classes as --prompts does (the preset's
+    # other settings stay)
+    sets = _sets_of([*base, "--preset", "ade20k", "--queries", queries])
+    assert [s.prompt_set.class_names for s in sets] == [["background", "car"],
+                                                         ["background", "bus"]]
+    assert sets[1].prompt_set.classes == (("bus", "coach"),)
+
+
+def test_set_folder_names_sort_in_set_order():
+    assert cli.set_folder_names(3) == ["set_01", "set_02", "set_03"]
+    names = cli.set_folder_names(120)
+    assert names[0] == "set_001" and names[-1] == "set_120" and sorted(names) == names
