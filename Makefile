@@ -81,7 +81,7 @@ build: $(BUILD_STAMP)
 # build in the same workspace; their test blocks need ament_lint packages
 # that have no wheels, hence BUILD_TESTING=OFF.
 $(BUILD_STAMP): $(STAMP) $(if $(ROS_TOOLS),$(ROS_TOOLS_STAMP)) package.xml CMakeLists.txt \
-		$(wildcard msg/*.msg) $(shell find cass_ros -name '*.py' -o -name '*.txt') \
+		$(wildcard msg/*.msg srv/*.srv) $(shell find cass_ros -name '*.py' -o -name '*.txt') \
 		$(wildcard launch/* config/* scripts/*)
 	AMENT_PREFIX_PATH=$(VENV) $(VENV)/bin/colcon --log-base log build \
 		--build-base $(BUILD_BASE) --install-base $(INSTALL_BASE) \

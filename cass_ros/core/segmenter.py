@@ -271,9 +271,20 @@ class Segmenter:
         matching's choice per crop (docs/algorithm.md 3.5), for the device
         comparisons (core.agreement).
         """
+        return self.segment_keeping(images, prompts, return_probs, output_size, streams,
+                                    return_heads)[0]
+
+    @torch.inference_mode()
+    def segment_keeping(self, images: Sequence[np.ndarray], prompts: PreparedPrompts,
+                        return_probs: bool = False, output_size: str = "input",
+                        streams: Sequence[StreamFrame | None] | None = None,
+                        return_heads: bool = False
+                        ) -> tuple[list[SegmentationResult], ImageFeatures | None]:
+        """``segment``, and the images' features it decoded (None for no
+        images): a node keeps each camera's newest to answer queries on."""
         self._check_call(images, output_size, streams)
         if not images:
-            return []
+            return [], None
         self._timer.start()
         features = self._encode(images)
         results = decode(features, prompts, self.config, self._timer, return_probs, output_size,
@@ -284,7 +295,7 @@ class Segmenter:
             res.timings_ms = dict(timings)
             if heads is not None and heads[i]:
                 res.heads = np.stack(heads[i])
-        return results
+        return results, features
 
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> ImageFeatures:

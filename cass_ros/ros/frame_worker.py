@@ -31,6 +31,7 @@ from .depth_messages import cloud_msg, detections_3d_msg
 from .image_conversion import ImageConversionError, to_rgb
 from . import mapper_outputs
 from .in_force import Work
+from .query_service import KeptFrame, KeptFrames
 from .messages import color_image_msg, label_image_msg, objects_msg
 from .vision import detections_msg
 
@@ -80,10 +81,12 @@ class FrameWorker:
     def __init__(self, board: CameraBoard[ImageMsg], outputs: Sequence[CameraOutputs],
                  work: Callable[[], Work | None], logger: RcutilsLogger,
                  stop: threading.Event, depth: DepthInput | None = None,
-                 infos: mapper_outputs.CameraInfos | None = None) -> None:
+                 infos: mapper_outputs.CameraInfos | None = None,
+                 kept: KeptFrames | None = None) -> None:
         self._board = board
         self._depth = depth
         self._infos = infos
+        self._kept = kept           # each camera's newest features, for queries
         self._outputs = list(outputs)
         self._work = work
         self._log = logger
@@ -142,11 +145,15 @@ class FrameWorker:
         # inference, which gives a late depth image time to arrive
         early = [self._find_depth(f, work) for f in frames]
         t0 = time.perf_counter()
-        results = work.segmenter.segment([f.rgb for f in frames], prompts=work.prompts.prepared,
-                                         output_size=work.runtime.output_size,
-                                         streams=self._stream_frames(frames, work))
+        results, features = work.segmenter.segment_keeping(
+            [f.rgb for f in frames], prompts=work.prompts.prepared,
+            output_size=work.runtime.output_size, streams=self._stream_frames(frames, work))
         batch_ms = (time.perf_counter() - t0) * 1000.0
-        for frame, result, found in zip(frames, results, early):
+        for i, (frame, result, found) in enumerate(zip(frames, results, early)):
+            if self._kept is not None:
+                alone = features if len(frames) == 1 else features.image(i)
+                self._kept.keep(frame.cam.index, KeptFrame(frame.header, alone,
+                                                           work.runtime.output_size))
             result.prompt_id = work.prompts.prompt_id
             self._publish(frame, result, work, float(result.timings_ms.get("total", batch_ms)),
                           found or self._find_depth(frame, work))

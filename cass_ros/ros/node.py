@@ -66,6 +66,7 @@ from .image_conversion import cv_bridge_available
 from .in_force import InForce
 from .messages import class_table_msg
 from .prompt_worker import PromptWorker, keeping
+from .query_service import QueryServices
 from .stopping import StopRequested, StopSignals, quick_exit
 from .vision import label_info_msg, vision_msgs_missing
 
@@ -131,6 +132,7 @@ class CassNodeBase(Node):
         self._prompts: PromptWorker | None = None
         self._depth: DepthInput | None = None
         self._infos: mapper_outputs.CameraInfos | None = None
+        self._queries: QueryServices | None = None
         self._in_force: InForce | None = None   # None: not configured (no models)
         self._active = False                    # frames are taken and outputs published
         # what configure / activate created: (destroy method, entity)
@@ -247,7 +249,7 @@ class CassNodeBase(Node):
         device = self._in_force.segmenter.device if self._in_force else None
         self._destroy(self._configured_entities)
         self._prompts = self._in_force = self._board = self._frames = self._depth = None
-        self._infos = None
+        self._infos = self._queries = None
         self._outputs = []
         memory.release(device, trim=True)
 
@@ -332,6 +334,9 @@ class CassNodeBase(Node):
                                                          self._outputs)
         self._infos, self._outputs = mapper_outputs.attach(self, runtime, self._board.cameras,
                                                            self._outputs, OUT_IMAGE_QOS)
+        self._queries = QueryServices(self, self._board.cameras, lambda: self._in_force,
+                                      lambda: self._prompt_values["background_classes"],
+                                      runtime.vocabulary_file)
 
     def _camera_outputs(self, cam: Camera[ImageMsg]) -> CameraOutputs:
         base = f"cass/{cam.name}"
@@ -371,7 +376,7 @@ class CassNodeBase(Node):
             self._frames_stop.set()
         self._frames = FrameWorker(self._board, self._outputs, self._in_force.work,
                                    self.get_logger(), self._frames_stop, depth=self._depth,
-                                   infos=self._infos)
+                                   infos=self._infos, kept=self._queries.frames)
         self._frames.start()
         self._active = True
         active = self._in_force.session.active

@@ -82,6 +82,8 @@ class RuntimeParams:
     color_table_file: str = ""
     mask_classes: tuple[str, ...] = ()
     camera_info_topics: tuple[str, ...] = ()    # per image topic; () or '' = next to it
+    # /cass/describe (docs/ros-interface.md, "Queries")
+    vocabulary_file: str = ""                   # '' = the shipped vocabulary
     # temporal stability (core.temporal.TemporalParams, docs/algorithm.md 5.6)
     temporal_smoothing: float = TemporalParams.smoothing
     temporal_reset_gap_s: float = TemporalParams.reset_gap_s
@@ -241,6 +243,9 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("camera_info_topics", list(RuntimeParams.camera_info_topics), "camera_info per "
               "image topic, republished on /cass/<cam>/camera_info for the label image; empty "
               "or '' = the camera_info next to the image topic", "list"),
+    ParamSpec("vocabulary_file", RuntimeParams.vocabulary_file, "Vocabulary of /cass/describe "
+              "(one class per line, synonyms separated by , or |); empty = the shipped one (the "
+              "presets' classes)", "str"),
     ParamSpec("temporal_smoothing", RuntimeParams.temporal_smoothing, "Per-camera moving "
               "average of the class probabilities before the labels: weight of the history, "
               "below 1; 0 = off", "float", 0.0, 1.0, runtime=True),

@@ -1,0 +1,180 @@
+"""/cass/query and /cass/describe (docs/ros-interface.md, "Queries"): any
+prompt set, or a vocabulary, answered on the newest segmented frame of a
+camera from the features the frame worker kept (docs/algorithm.md 8), with
+no new forward pass. A query prepares its own prompts (prompt_id 0): the
+prompt set in force, the class table, prompt_id, the temporal streams and
+every topic stay as they are.
+
+The handlers run on the executor thread, beside the inference thread: a
+decode is a few matrix products; phrases not seen before add their text
+encoding (cached, core.text).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rclpy.node import Node
+
+from cass_ros.srv import Describe, Query
+
+from ..core.config import ConfigError
+from ..core.prompts import PromptError, check_prompt_set, prompt_set_from_settings
+from ..core.queries.describe import describe, name_labels
+from ..core.queries.features import ImageFeatures
+from ..core.queries.vocabulary import VOCABULARY_FILE, VocabularyEncoder, read_vocabulary
+from .in_force import InForce
+from .messages import label_image_msg, objects_msg
+
+if TYPE_CHECKING:
+    from .cameras import Camera
+
+DEFAULT_TOP_K = 10
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered (one line for the response)."""
+
+
+@dataclass(frozen=True)
+class KeptFrame:
+    """A camera's newest segmented frame, as far as queries need it."""
+
+    header: Any                     # std_msgs/Header of the image
+    features: ImageFeatures         # the frame's alone (one image)
+    output_size: str                # what its label image was (runtime output_size)
+
+
+class KeptFrames:
+    """The newest KeptFrame per camera: written by the inference thread,
+    read by the service handlers."""
+
+    def __init__(self, count: int) -> None:
+        self._frames: list[KeptFrame | None] = [None] * count
+        self._lock = threading.Lock()
+
+    def keep(self, index: int, frame: KeptFrame) -> None:
+        with self._lock:
+            self._frames[index] = frame
+
+    def newest(self, index: int) -> KeptFrame | None:
+        with self._lock:
+            return self._frames[index]
+
+
+class QueryServices:
+    """The two services of one node and what they answer with."""
+
+    def __init__(self, node: Node, cameras: Sequence[Camera[Any]], in_force: Callable[[], InForce | None],
+                 background: Callable[[], Sequence[str]], vocabulary_file: str) -> None:
+        self._cameras = list(cameras)
+        self._in_force = in_force
+        self._background = background
+        self._vocabulary_file = vocabulary_file or str(VOCABULARY_FILE)
+        if vocabulary_file:         # a bad file fails at start-up, not at the first call
+            try:
+                read_vocabulary(vocabulary_file)
+            except PromptError as e:
+                raise ConfigError(f"parameter 'vocabulary_file': {e}") from None
+        self._vocabulary: VocabularyEncoder | None = None
+        self.frames = KeptFrames(len(self._cameras))
+        node.create_service(Query, "cass/query", self._on_query)
+        node.create_service(Describe, "cass/describe", self._on_describe)
+
+    # ------------------------------------------------------------- handlers
+
+    def _on_query(self, request: Any, response: Any) -> Any:
+        try:
+            frame, in_force = self._frame(request.camera)
+            if not request.prompts.strip():
+                raise QueryError("prompts is empty: give class names, e.g. "
+                                 "'red box|crimson block, green ball'")
+            background = (list(request.background_classes) if request.set_background
+                          else list(self._background()))
+            prompt_set = check_prompt_set(prompt_set_from_settings(request.prompts, "",
+                                                                   background))
+            seg = in_force.segmenter
+            prepared = seg.prepare_prompts(prompt_set, prompt_id=0)
+            result = seg.decode(frame.features, prepared, output_size=frame.output_size)[0]
+        except (QueryError, PromptError) as e:
+            return _failed(response, e)
+        response.success = True
+        response.header = frame.header
+        response.class_names = list(result.class_names)
+        response.objects = objects_msg(result, frame.header, in_force.runtime.min_pixels).objects
+        if request.return_labels:
+            response.labels = label_image_msg(result, frame.header)
+        return response
+
+    def _on_describe(self, request: Any, response: Any) -> Any:
+        try:
+            frame, in_force = self._frame(request.camera)
+            entries, text = self._entries(request, response, in_force)
+            ranked = describe(frame.features, entries, text, int(request.top_k) or DEFAULT_TOP_K)
+        except (QueryError, PromptError) as e:
+            return _failed(response, e)
+        response.success = True
+        response.header = frame.header
+        response.names = [r.name for r in ranked[0]]
+        response.presence = [r.presence for r in ranked[0]]
+        return response
+
+    # ------------------------------------------------------------- helpers
+
+    def _frame(self, camera: str) -> tuple[KeptFrame, InForce]:
+        in_force = self._in_force()
+        if in_force is None:
+            raise QueryError("the node is not configured")
+        cam = self._camera(camera)
+        frame = self.frames.newest(cam.index)
+        if frame is None:
+            why = " (waiting for prompts)" if in_force.waiting else ""
+            raise QueryError(f"no frame of camera '{cam.name}' has been segmented yet{why}")
+        return frame, in_force
+
+    def _camera(self, name: str) -> Camera[Any]:
+        names = [c.name for c in self._cameras]
+        if not name:
+            if len(self._cameras) == 1:
+                return self._cameras[0]
+            raise QueryError(f"name the camera: one of {', '.join(names)}")
+        for cam in self._cameras:
+            if cam.name == name:
+                return cam
+        raise QueryError(f"no camera '{name}': the cameras are {', '.join(names)}")
+
+    def _entries(self, request: Any, response: Any, in_force: InForce
+                 ) -> tuple[list[tuple[str, ...]], Any]:
+        """The vocabulary to rank and its text embeddings."""
+        embedder = in_force.segmenter.text_embedder
+        if request.names:
+            entries = [tuple(n.strip() for n in e.split("|") if n.strip()) for e in request.names]
+            if not all(entries):
+                raise QueryError("names holds an empty entry")
+            names, _ = name_labels(entries)
+            response.encoded = response.total = len(set(names))
+            return entries, embedder.encode(names)
+        if self._vocabulary is None:      # encoded once, at the first call
+            self._vocabulary = VocabularyEncoder(embedder, read_vocabulary(self._vocabulary_file))
+            self._vocabulary.start()
+        vocabulary = self._vocabulary
+        response.encoded, response.total = vocabulary.progress()
+        if vocabulary.error is not None:
+            raise QueryError(f"cannot encode the vocabulary: {vocabulary.error}")
+        text = vocabulary.text()
+        if text is None:
+            raise QueryError(f"still encoding the vocabulary ({response.encoded} of "
+                             f"{response.total} names); ask again")
+        return vocabulary.entries, text
+
+
+def _failed(response: Any, error: Exception) -> Any:
+    response.success = False
+    response.error = " ".join(str(error).split())
+    return response
+
+
+__all__ = ["QueryServices", "KeptFrame", "KeptFrames", "QueryError"]
