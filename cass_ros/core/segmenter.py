@@ -260,7 +260,7 @@ class Segmenter:
                 streams: Sequence[StreamFrame | None] | None = None,
                 return_heads: bool = False) -> list[SegmentationResult]:
         """Segment RGB uint8 images (H, W, 3), possibly of different sizes:
-        exactly ``decode(encode(images), prompts, ...)`` (docs/algorithm.md 8).
+        exactly ``decode(encode(images), prompts, ...)`` (docs/algorithm.md 10).
 
         ``output_size``: ``input`` gives labels at each image's size,
         ``model`` at the resized (short side) size. Every result carries
@@ -299,7 +299,7 @@ class Segmenter:
 
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> ImageFeatures:
-        """The image half (docs/algorithm.md 8): both trunks, the spectral
+        """The image half (docs/algorithm.md 10): both trunks, the spectral
         head matching and CLIP's fused last layer for every crop of every
         image; nothing of it depends on the prompts. On the device."""
         self._check_call(images, "input", None)
@@ -311,7 +311,7 @@ class Segmenter:
                return_probs: bool = False, output_size: str = "input",
                streams: Sequence[StreamFrame | None] | None = None
                ) -> list[SegmentationResult]:
-        """The prompt half (docs/algorithm.md 8): ``features`` of ``encode``
+        """The prompt half (docs/algorithm.md 10): ``features`` of ``encode``
         and a prompt set -> one result per image, what ``segment`` gives for
         those images and prompts. Safe beside a running ``segment`` (its own
         timer; reads the features only)."""

@@ -1,6 +1,6 @@
 """/cass/query and /cass/describe (docs/ros-interface.md, "Queries"): any
 prompt set, or a vocabulary, answered on the newest segmented frame of a
-camera from the features the frame worker kept (docs/algorithm.md 8), with
+camera from the features the frame worker kept (docs/algorithm.md 10), with
 no new forward pass. A query prepares its own prompts (prompt_id 0): the
 prompt set in force, the class table, prompt_id, the temporal streams and
 every topic stay as they are.

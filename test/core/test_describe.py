@@ -1,4 +1,4 @@
-"""What is in the picture (docs/algorithm.md 8): ``describe`` ranks a
+"""What is in the picture (docs/algorithm.md 10): ``describe`` ranks a
 vocabulary by the presence prior, checked against numpy on the same
 features; it reports what ``segment`` reports as presence; the shipped
 vocabulary is the presets' union; a vocabulary encodes in the background;

@@ -1,4 +1,4 @@
-"""The segmenter's two halves (docs/algorithm.md 8) on tiny random models:
+"""The segmenter's two halves (docs/algorithm.md 10) on tiny random models:
 ``decode(encode(x), p)`` is ``segment(x, p)`` bit for bit in every mode and
 for several prompt sets on the same features; one image's features taken
 out of a batch answer for that image; the features' memory is what their

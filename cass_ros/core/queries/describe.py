@@ -1,5 +1,5 @@
 """What is in the picture: a vocabulary ranked by CASS's own object-presence
-prior on an image's features (docs/algorithm.md 4.1, 4.2 and 8): the
+prior on an image's features (docs/algorithm.md 4.1, 4.2 and 10): the
 image's global vector against every name's text embedding, softmax over
 the names with CLIP's logit scale, max over each entry's synonyms.
 """

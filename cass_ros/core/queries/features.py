@@ -1,4 +1,4 @@
-"""The image half of the segmenter (docs/algorithm.md 8): what is left of
+"""The image half of the segmenter (docs/algorithm.md 10): what is left of
 images once both trunks, the spectral head matching and CLIP's fused last
 layer have run. Nothing here depends on the prompts, so one frame's
 features answer any number of prompt sets (``decode``).

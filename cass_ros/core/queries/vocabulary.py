@@ -1,4 +1,4 @@
-"""A vocabulary to scan with ``describe`` (docs/algorithm.md 8): the shipped
+"""A vocabulary to scan with ``describe`` (docs/algorithm.md 10): the shipped
 one is the union of the eight presets' class lists (classes/vocabulary.txt),
 and a long vocabulary is encoded once, in the background, into the
 segmenter's text-embedding cache (memory and disk), so that nothing waits
