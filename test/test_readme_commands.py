@@ -371,6 +371,9 @@ def run_library(ctx: Ctx, code: str) -> None:
              "assert result.probs.shape == (4, 48, 64)\n"
              "assert {o['label'] for o in result.objects()} == {'person', 'forklift', 'pallet'}\n"
              "assert 'total' in result.timings_ms\n"
+             # the two halves: the last prompt set decoded on the kept features
+             "assert answer.class_names == ['background', 'door handle']\n"
+             "assert answer.labels.shape == (48, 64) and answer.prompt_id == 0\n"
              "print('library example ok')\n")
     (work / "example.py").write_text(code)
     proc = _ok(bash("python example.py", work, timeout=300))
