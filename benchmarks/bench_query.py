@@ -57,7 +57,7 @@ PHRASES = ["person", "forklift", "pallet", "box", "door", "truck", "shelf", "lad
            "cart"]
 PHRASE_COUNTS = (1, 3, 10)
 NEW_PHRASE_COUNTS = (1, 3)
-PREPARE_REPEATS = 3
+PREPARE_REPEATS = 5
 # (name, settings) per mode; the tiny models get a proportionally small frame side
 FULL = {"short_side": 336, "modes": (("whole", {"slide_crop": 0}),
                                      ("sliding", {"slide_crop": 224, "slide_stride": 112}))}
