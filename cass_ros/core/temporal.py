@@ -27,6 +27,8 @@ from .config import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from .objects.tracks import Tracker, TrackParams
+
 
 @dataclass(frozen=True)
 class TemporalParams:
@@ -78,6 +80,20 @@ class TemporalParams:
         return self
 
 
+def continues(last_key: object, last_stamp_s: float | None, key: object, stamp_s: float,
+              reset_gap_s: float) -> bool:
+    """Whether a frame (``key``, ``stamp_s``) continues a stream whose last
+    frame had ``last_key`` and ``last_stamp_s`` (docs/algorithm.md 5.6 and
+    11): the same key (prompt_id, size, ...), a stamp not going backwards
+    and a gap of at most ``reset_gap_s``. The first frame (``last_key``
+    None) has nothing to break: True. The one rule the temporal streams and
+    the instance trackers (core.objects.tracks) restart by."""
+    if last_key is None:
+        return True
+    gap = stamp_s - last_stamp_s  # type: ignore[operator]
+    return not (key != last_key or gap < 0.0 or gap > reset_gap_s)
+
+
 class TemporalStream:
     """One camera's temporal state: the smoothed class probabilities (K, H, W)
     on the device, the key they belong to (prompt_id, size, number of
@@ -114,11 +130,9 @@ class TemporalStream:
 
     def _start_frame(self, key: tuple[int, tuple[int, int], int], stamp_s: float) -> None:
         """Reset when the frame does not continue the stream."""
-        if self._key is not None:
-            gap = stamp_s - self._stamp  # type: ignore[operator]
-            if key != self._key or gap < 0.0 or gap > self.params.reset_gap_s:
-                self.reset()
-                self.resets += 1
+        if not continues(self._key, self._stamp, key, stamp_s, self.params.reset_gap_s):
+            self.reset()
+            self.resets += 1
         self._key, self._stamp = key, stamp_s
         self._frames += 1
 
@@ -180,6 +194,11 @@ class TemporalStreams:
 
     def __init__(self) -> None:
         self._streams: dict[object, TemporalStream] = {}
+        # instance trackers (core.objects.tracks, docs/algorithm.md 11): per
+        # source, and each dropped source's next track id, so that ids are
+        # never reused while the registry lives
+        self._trackers: dict[object, Tracker] = {}
+        self._next_track_ids: dict[object, int] = {}
 
     def frames(self, sources: Sequence[object], stamps_s: Sequence[float],
                params: TemporalParams, min_pixels: int) -> list[StreamFrame] | None:
@@ -198,3 +217,24 @@ class TemporalStreams:
             stream.set_params(params)
             out.append(StreamFrame(stream, stamp, min_pixels))
         return out
+
+    def tracker(self, source: object, params: TrackParams) -> Tracker:
+        """The source's instance Tracker, created on first use (its ids go
+        on from those of a tracker the source had before drop_trackers);
+        new ``params`` are handed to it (Tracker.set_params)."""
+        from .objects.tracks import Tracker
+
+        tracker = self._trackers.get(source)
+        if tracker is None:
+            tracker = self._trackers[source] = Tracker(
+                params, first_id=self._next_track_ids.pop(source, 1))
+        else:
+            tracker.set_params(params)
+        return tracker
+
+    def drop_trackers(self) -> None:
+        """Forget every source's tracks (instances turned off); a tracker
+        made later for the source starts over, with ids that go on."""
+        for source, tracker in self._trackers.items():
+            self._next_track_ids[source] = tracker.next_id
+        self._trackers.clear()

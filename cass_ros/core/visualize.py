@@ -61,6 +61,25 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: floa
     return cv2.copyTo(blend, mask, rgb.copy())
 
 
+def outline_instances(image: np.ndarray, index: np.ndarray,
+                      color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """A copy of ``image`` (H, W, 3) uint8 with the outlines of the
+    instances of ``index`` (H, W) int (0 = none; docs/algorithm.md 11) drawn
+    in ``color``, 1 px wide: a pixel of an instance is drawn when a
+    4-neighbour has a smaller index (the background, a lower-numbered
+    instance, or outside the image, which counts as 0), so a boundary
+    between two instances is drawn once, on the higher one's side."""
+    if image.shape[:2] != index.shape:
+        raise ValueError(f"image {image.shape[:2]} and instances {index.shape} differ in size")
+    p = np.pad(index, 1)                       # (H + 2, W + 2), 0 outside
+    c = p[1:-1, 1:-1]
+    edge = ((p[:-2, 1:-1] < c) | (p[2:, 1:-1] < c)
+            | (p[1:-1, :-2] < c) | (p[1:-1, 2:] < c))   # (H, W) bool
+    out = image.copy()
+    out[edge] = np.asarray(color, np.uint8)
+    return out
+
+
 # --- colour table (docs/ros-interface.md: the colour table CSV) -------------
 
 # The layout of the colour tables that Hydra (MIT-SPARK/Hydra, e.g.
