@@ -327,10 +327,10 @@ def _segment_case(ctx: Ctx, cmd: str) -> tuple[Path, subprocess.CompletedProcess
     return work, _ok(bash(cmd + tail, work, timeout=600))
 
 
-def _outputs(work: Path, stem: str, probs: bool = False) -> dict[str, Any]:
+def _outputs(work: Path, stem: str, probs: bool = False, folder: str = "seg") -> dict[str, Any]:
     import cv2
 
-    seg = work / "seg"
+    seg = work / folder
     doc = json.loads((seg / f"{stem}.json").read_text())
     labels = cv2.imread(str(seg / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == tuple(doc["size"])
@@ -357,6 +357,21 @@ def run_segment_config(ctx: Ctx, cmd: str) -> None:
     work, _ = _segment_case(ctx, cmd)
     doc = _outputs(work, "img")
     assert doc["class_names"] == ["background", "car", "person"]
+
+
+def run_segment_sets(ctx: Ctx, cmd: str) -> None:
+    # two prompt sets: one folder each, as a run with that set alone writes --out
+    work, _ = _segment_case(ctx, cmd)
+    index = json.loads((work / "seg" / "sets.json").read_text())["sets"]
+    assert [(s["folder"], s["class_names"]) for s in index] == [
+        ("set_01", ["background", "person", "forklift"]),
+        ("set_02", ["background", "pallet", "box", "door"])]
+    for entry in index:
+        folder = work / "seg" / entry["folder"]
+        assert (folder / "color_table.csv").is_file()
+        for stem in ("dock", "aisle"):
+            doc = _outputs(work, stem, folder=f"seg/{entry['folder']}")
+            assert doc["class_names"] == entry["class_names"]
 
 
 def run_library(ctx: Ctx, code: str) -> None:
@@ -389,6 +404,14 @@ def run_bench(ctx: Ctx, cmd: str) -> None:
     if "--cpu-kernels torch onednn" in cmd:
         for kernels in ("torch", "onednn"):
             assert re.search(rf"^cpu {kernels} sliding 224/112 +\d", proc.stdout, re.M), proc.stdout
+
+
+def run_bench_query(ctx: Ctx, cmd: str) -> None:
+    proc = _ok(bash(cmd + " --tiny --iters 3 --frames 1", REPO, setup=False, timeout=600))
+    assert re.search(r"^\| sliding 32/16 \| decode 3 phrases, output input \| [\d.]+ \| [\d.]+ \|$",
+                     proc.stdout, re.M), proc.stdout
+    assert re.fullmatch(r"bench_query: whole_p50_ms_3=[\d.]+ sliding_p50_ms_3=[\d.]+",
+                        proc.stdout.strip().splitlines()[-1]), proc.stdout
 
 
 @dataclass(frozen=True)
@@ -452,6 +475,11 @@ CASES: dict[str, Case] = {
     ".venv/bin/python benchmarks/bench_segmenter.py --cpu-kernels torch onednn":
         Case("+ --iters 1 --classes 2 --devices cpu", run_bench),
     ".venv/bin/python benchmarks/bench_segmenter.py --skip-pipeline": Case("as typed", run_bench),
+    'python -m cass_ros.cli.segment shots/ --out seg/ --prompts "person|worker, forklift" '
+    '--prompts "pallet, box; door"':
+        Case("shots/ = two small images; + --set tiny weights", run_segment_sets),
+    ".venv/bin/python benchmarks/bench_query.py":
+        Case("+ --tiny --iters 3 --frames 1 (the tiny models: seconds)", run_bench_query),
 }
 
 
