@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from cass_ros.core.visualize import (color_table_csv, draw_legend, legend_panel, overlay, palette,
-                                     write_color_table)
+from cass_ros.core.visualize import (color_table_csv, draw_legend, legend_panel,
+                                     outline_instances, overlay, palette, write_color_table)
 
 
 def test_palette_is_stable_distinct_and_background_black():
@@ -181,3 +181,30 @@ def test_legend_rejects_bad_inputs():
         draw_legend(img.astype(np.float32), names, colors)
     with pytest.raises(ValueError, match="colours"):
         draw_legend(img, names, palette(4))
+
+
+def test_outline_instances_draws_each_boundary_once():
+    """Against a loop over pixels: an instance pixel is drawn when a
+    4-neighbour (outside the image = 0) has a smaller index."""
+    rng = np.random.default_rng(5)
+    index = np.zeros((12, 15), np.int32)
+    index[2:7, 2:8] = 1
+    index[2:7, 8:12] = 2          # touches 1: one line, on 2's side
+    index[9:12, 0:4] = 3          # on the border: closed by the image edge
+    img = rng.integers(0, 256, (12, 15, 3), dtype=np.uint8)
+    out = outline_instances(img, index, (255, 0, 0))
+    want = np.zeros(index.shape, bool)
+    for y in range(12):
+        for x in range(15):
+            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                y2, x2 = y + dy, x + dx
+                other = index[y2, x2] if 0 <= y2 < 12 and 0 <= x2 < 15 else 0
+                want[y, x] |= index[y, x] > 0 and other < index[y, x]
+    assert np.all(out[want] == [255, 0, 0])
+    np.testing.assert_array_equal(out[~want], img[~want])
+    assert want[4, 8] and not want[4, 7]          # the shared boundary: 1 px
+    assert want[11, 1] and want[9, 0]             # the image edge closes instance 3
+    assert out is not img
+    with pytest.raises(ValueError, match="differ in size"):
+        outline_instances(img, index[:-1])
+

@@ -225,7 +225,7 @@ def find_instances(labels: np.ndarray, params: InstanceParams,
     flat = np.flatnonzero(regions > 0)         # (F,) raster order
     reg = regions.ravel()[flat].astype(np.intp)  # (F,)
     counts = np.bincount(reg, minlength=total + 1)  # (R + 1,)
-    rows, cols = np.divmod(flat, w)
+    rows, cols = np.divmod(flat, max(w, 1))   # max: a 0-pixel image has no pixels
     first = np.full(total + 1, h * w, np.int64)
     np.minimum.at(first, reg, flat)
     y1 = np.full(total + 1, -1, np.int64)
@@ -234,7 +234,7 @@ def find_instances(labels: np.ndarray, params: InstanceParams,
     np.minimum.at(x0, reg, cols)
     x1 = np.full(total + 1, -1, np.int64)
     np.maximum.at(x1, reg, cols)
-    y0 = first // w
+    y0 = first // max(w, 1)
 
     # 3. the size filter and the numbering: by class, then by first pixel
     min_pixels = params.min_pixels_for((h, w))
