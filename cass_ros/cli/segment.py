@@ -2,7 +2,8 @@
 
     cass_segment IMAGE_OR_DIR... --out DIR [--config YAML] [--preset NAME]
                  [--prompts TEXT ...] [--queries FILE] [--classes-file FILE]
-                 [--device DEV] [--save-probs] [--no-legend] [--set KEY=VALUE ...]
+                 [--device DEV] [--save-probs] [--no-legend] [--instances] [--track]
+                 [--set KEY=VALUE ...]
 
 Settings precedence: defaults < preset < --config < --set and the explicit
 flags. ``--config`` takes a flat YAML mapping of parameter names or a ROS
@@ -19,6 +20,16 @@ with one set per line): each image goes through the models once
 ``--out/set_NN/`` exactly as a run with that set alone writes ``--out``
 (but ``timings_ms``), and ``--out/sets.json`` names each folder's prompts.
 One set, from either flag, writes ``--out`` as before.
+
+``--instances`` (docs/algorithm.md 11): also ``<stem>_instances.png``
+(16-bit, the instance index per pixel, 0 = none), an ``instances`` list in
+``<stem>.json`` and the instances outlined on the overlay. ``--track``
+follows them across the inputs in the order processed (one tracker per
+prompt set, the inputs as frames 1 ms apart, so no gap restarts them;
+images of another size do): ids are then track ids, in the PNG as
+``(id - 1) % 65535 + 1`` (the id itself up to 65535). ``--set`` takes the
+node's ``instance_min_pixels`` and ``track_min_iou`` / ``track_max_missed``
+/ ``track_min_hits``.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from ..core.prompts import (
     prompt_set_from_settings,
 )
 from ..core.result import SegmentationResult
-from ..core.visualize import draw_legend, overlay, palette, write_color_table
+from ..core.visualize import draw_legend, outline_instances, overlay, palette, write_color_table
 from .common import load_segmenter
 
 log = logging.getLogger("cass_segment")
@@ -55,6 +66,14 @@ COLOR_TABLE_NAME = "color_table.csv"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 # Output settings that are not segmenter parameters (as in config/cass.yaml).
 RUNTIME_DEFAULTS: dict[str, Any] = {"min_pixels": 1, "color_alpha": 0.5}
+# The node's instance and track parameters that --set and --config take
+# (docs/algorithm.md 11); the others (depth, temporal) do not apply here.
+INSTANCE_DEFAULTS: dict[str, Any] = {"instance_min_pixels": 0, "track_min_iou": 0.3,
+                                     "track_max_missed": 5, "track_min_hits": 1}
+# --track: the inputs as frames this far apart (well under the tracker's
+# 1 s reset gap), and the largest value of the 16-bit instance PNG.
+TRACK_FRAME_S = 0.001
+PNG_IDS = 65535
 # The index of the set folders of a run with several prompt sets.
 SETS_INDEX_NAME = "sets.json"
 # Largest input decoded (2^27 = 134 M pixels, e.g. 11585 x 11585). Beyond it
@@ -83,6 +102,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also write <stem>_probs.npy: float32 classes x H x W")
     p.add_argument("--no-legend", dest="legend", action="store_false",
                    help="overlays without the legend of class names in their colours")
+    p.add_argument("--instances", action="store_true",
+                   help="also write <stem>_instances.png (16-bit instance index, 0 = none) and "
+                   "an 'instances' list in the JSON; outlines on the overlay")
+    p.add_argument("--track", action="store_true",
+                   help="track the instances across the inputs in file order (implies "
+                   "--instances); ids are track ids")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override parameters (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
@@ -93,6 +118,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.set = [item for item in args.set if "=" in item]
     if not args.inputs:
         p.error("the following arguments are required: IMAGE_OR_DIR")
+    args.instances = args.instances or args.track
     return args
 
 
@@ -100,12 +126,14 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
     """(segmenter settings, output settings) in precedence order."""
     layers: list[dict[str, Any]] = []
     runtime = dict(RUNTIME_DEFAULTS)
+    objects = dict(INSTANCE_DEFAULTS)
     if args.preset:
         layers.append({"preset": args.preset})
     if args.config:
         ours, rest = split_settings(read_settings_file(args.config))
         layers.append(ours)
         runtime.update({k: v for k, v in rest.items() if k in RUNTIME_DEFAULTS})
+        objects.update({k: v for k, v in rest.items() if k in INSTANCE_DEFAULTS})
     explicit: dict[str, Any] = {}
     if args.preset:
         explicit["preset"] = args.preset
@@ -114,6 +142,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
         key = key.strip()
         if key in RUNTIME_DEFAULTS:
             runtime[key] = value
+        elif key in INSTANCE_DEFAULTS:
+            objects[key] = value
         else:
             explicit[key] = coerce(key, value)  # names an unknown key clearly
     if args.classes_file:
@@ -131,7 +161,28 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
         raise ConfigError(f"bad output setting in {runtime}") from None
     if not 0.0 <= runtime["color_alpha"] <= 1.0:
         raise ConfigError("parameter 'color_alpha' must be in [0, 1]")
+    runtime.update(_object_params(objects))
     return merged, runtime
+
+
+def _object_params(values: dict[str, Any]) -> dict[str, Any]:
+    """InstanceParams and TrackParams from the node's parameter names;
+    ConfigError naming the parameter."""
+    from ..core.objects.instances import InstanceParams
+    from ..core.objects.tracks import TrackParams
+
+    def number(key: str, kind: type) -> Any:
+        try:
+            return kind(values[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"parameter '{key}' must be {kind.__name__}, "
+                              f"not {values[key]!r}") from None
+
+    instance = InstanceParams(min_pixels=number("instance_min_pixels", int))
+    track = TrackParams(min_iou=number("track_min_iou", float),
+                        max_missed=number("track_max_missed", int),
+                        min_hits=number("track_min_hits", int))
+    return {"instance": instance.validate(), "track": track.validate()}
 
 
 def collect_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -216,9 +267,11 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def result_json(image: str, result: SegmentationResult, min_pixels: int) -> dict[str, Any]:
-    """The per-image JSON of docs/ros-interface.md."""
-    return {
+def result_json(image: str, result: SegmentationResult, min_pixels: int,
+                instances: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The per-image JSON of docs/ros-interface.md; with ``instances``
+    (--instances) also that list, as the last key."""
+    doc = {
         "image": image,
         "size": list(result.size),
         "class_names": list(result.class_names),
@@ -226,6 +279,43 @@ def result_json(image: str, result: SegmentationResult, min_pixels: int) -> dict
         "prompt_id": int(result.prompt_id),
         "timings_ms": dict(result.timings_ms),
     }
+    if instances is not None:
+        doc["instances"] = instances
+    return doc
+
+
+@dataclass(frozen=True)
+class _Objects:
+    """One image's instances as cass_segment writes them."""
+
+    image: np.ndarray                # (H, W) uint16: id per pixel (0 = none)
+    index: np.ndarray                # (H, W) int32 the instance map, for the outlines
+    entries: list[dict[str, Any]]    # the JSON's 'instances'
+
+
+def find_objects(result: SegmentationResult, runtime: dict[str, Any],
+                 tracker: Any | None, frame: int) -> _Objects:
+    """The instances of ``result`` (docs/algorithm.md 11), and with a
+    Tracker their tracks: ids are then track ids (only published tracks'
+    instances listed and drawn), frame ``frame`` at TRACK_FRAME_S apart."""
+    from ..core.objects.instances import find_instances
+    from ..core.objects.tracks import instance_track_ids
+
+    inst = find_instances(result.labels, runtime["instance"], result.confidence)
+    if tracker is None:
+        ids = np.arange(inst.count + 1, dtype=np.int64)          # id = the instance index
+    else:
+        tracks = tracker.update(inst, result.prompt_id, frame * TRACK_FRAME_S)
+        ids = instance_track_ids(inst.count, tracks)              # (n + 1,) 0: unpublished
+    png_ids = np.where(ids > 0, (ids - 1) % PNG_IDS + 1, 0).astype(np.uint16)
+    entries = [{"id": int(ids[i]), "class_id": int(inst.class_ids[i - 1]),
+                "label": result.class_names[int(inst.class_ids[i - 1])],
+                "pixel_count": int(inst.pixel_counts[i - 1]),
+                "bbox": [int(v) for v in inst.boxes[i - 1]],
+                "mean_confidence": float(inst.mean_confidence[i - 1])}
+               for i in range(1, inst.count + 1) if ids[i] > 0]
+    shown = np.where(ids > 0, np.arange(inst.count + 1), 0)[inst.index]   # (H, W) int32
+    return _Objects(png_ids[inst.index], shown.astype(np.int32), entries)
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
@@ -301,6 +391,7 @@ class _Output:
     folder: Path
     prepared: Any                   # PreparedPrompts
     colors: np.ndarray
+    tracker: Any = None             # --track: this set's core.objects Tracker
 
 
 def set_folder_names(count: int) -> list[str]:
@@ -339,7 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         # its folder holds exactly that run's files.
         ready = prepared if i == 0 else segmenter.prepare_prompts(qs.prompt_set,
                                                                   prompt_id=prepared.prompt_id)
-        outputs.append(_Output(folder, ready, palette(ready.num_labels)))
+        tracker = None
+        if args.track:
+            from ..core.objects.tracks import Tracker
+
+            tracker = Tracker(runtime["track"])
+        outputs.append(_Output(folder, ready, palette(ready.num_labels), tracker))
     try:
         for o in outputs:
             o.folder.mkdir(parents=True, exist_ok=True)
@@ -383,22 +479,29 @@ def _segment_all(args: argparse.Namespace, paths: list[Path], segmenter: Any,
     # With a progress bar, logging_redirect_tqdm prints a skipped input's
     # line above the bar instead of glued to its end.
     with logging_redirect_tqdm() if show_bar else contextlib.nullcontext():
-        for path, stem in tqdm(list(zip(paths, _unique_stems(paths), strict=True)),
-                               desc="cass_segment", unit="img", disable=not show_bar):
+        for frame, (path, stem) in enumerate(tqdm(list(zip(paths, _unique_stems(paths),
+                                                            strict=True)),
+                                                  desc="cass_segment", unit="img",
+                                                  disable=not show_bar)):
             if len(outputs) == 1:
                 o = outputs[0]
                 failed += _segment_one(args, path, stem, segmenter, o.prepared, o.folder,
-                                       o.colors, runtime)
+                                       o.colors, runtime, o.tracker, frame)
             else:
-                failed += _segment_sets(args, path, stem, segmenter, outputs, runtime)
+                failed += _segment_sets(args, path, stem, segmenter, outputs, runtime, frame)
     return failed
 
 
 def _write_images(args: argparse.Namespace, out: Path, stem: str, rgb: np.ndarray,
-                  result: SegmentationResult, colors: np.ndarray, runtime: dict[str, Any]) -> None:
-    """The label PNG, the overlay and (--save-probs) the probabilities."""
+                  result: SegmentationResult, colors: np.ndarray, runtime: dict[str, Any],
+                  objects: _Objects | None = None) -> None:
+    """The label PNG, the overlay, (--save-probs) the probabilities and
+    (--instances) the instance PNG, outlined on the overlay."""
     cv2.imwrite(str(out / f"{stem}_labels.png"), result.labels)
     blend = overlay(rgb, result.labels, colors, runtime["color_alpha"])
+    if objects is not None:
+        cv2.imwrite(str(out / f"{stem}_instances.png"), objects.image)
+        blend = outline_instances(blend, objects.index)
     if args.legend:
         blend = draw_legend(blend, result.class_names, colors)
     cv2.imwrite(str(out / f"{stem}_overlay.png"), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
@@ -407,7 +510,8 @@ def _write_images(args: argparse.Namespace, out: Path, stem: str, rgb: np.ndarra
 
 
 def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any, prepared: Any,
-                 out: Path, colors: np.ndarray, runtime: dict[str, Any]) -> int:
+                 out: Path, colors: np.ndarray, runtime: dict[str, Any],
+                 tracker: Any | None = None, frame: int = 0) -> int:
     """Segment one input and write its files; 1 when it could not be read."""
     t0 = time.perf_counter()
     try:
@@ -418,18 +522,20 @@ def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any
     t_read = time.perf_counter() - t0
     result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
     t1 = time.perf_counter()
-    _write_images(args, out, stem, rgb, result, colors, runtime)
+    objects = find_objects(result, runtime, tracker, frame) if args.instances else None
+    _write_images(args, out, stem, rgb, result, colors, runtime, objects)
     t_write = time.perf_counter() - t1
     result.timings_ms["read"] = round(t_read * 1000.0, 3)
     result.timings_ms["write"] = round(t_write * 1000.0, 3)
     result.timings_ms["total"] = round((time.perf_counter() - t0) * 1000.0, 3)
     with open(out / f"{stem}.json", "w") as f:
-        json.dump(result_json(str(path), result, runtime["min_pixels"]), f, indent=2)
+        json.dump(result_json(str(path), result, runtime["min_pixels"],
+                              None if objects is None else objects.entries), f, indent=2)
     return 0
 
 
 def _segment_sets(args: argparse.Namespace, path: Path, stem: str, segmenter: Any,
-                  outputs: list[_Output], runtime: dict[str, Any]) -> int:
+                  outputs: list[_Output], runtime: dict[str, Any], frame: int = 0) -> int:
     """One input, several prompt sets: one forward pass (encode), one
     decode and one set of files per set; 1 when it could not be read."""
     t0 = time.perf_counter()
@@ -447,7 +553,8 @@ def _segment_sets(args: argparse.Namespace, path: Path, stem: str, segmenter: An
         t1 = time.perf_counter()
         result = segmenter.decode(features, o.prepared, return_probs=args.save_probs)[0]
         t2 = time.perf_counter()
-        _write_images(args, o.folder, stem, rgb, result, o.colors, runtime)
+        objects = find_objects(result, runtime, o.tracker, frame) if args.instances else None
+        _write_images(args, o.folder, stem, rgb, result, o.colors, runtime, objects)
         t_write = time.perf_counter() - t2
         # Each set's JSON: the shared read and forward pass, plus its own
         # decode and write, as if this set had been the only one.
@@ -460,7 +567,8 @@ def _segment_sets(args: argparse.Namespace, path: Path, stem: str, segmenter: An
                                  + (time.perf_counter() - t1) * 1000.0, 3)
         result.timings_ms = timings
         with open(o.folder / f"{stem}.json", "w") as f:
-            json.dump(result_json(str(path), result, runtime["min_pixels"]), f, indent=2)
+            json.dump(result_json(str(path), result, runtime["min_pixels"],
+                                  None if objects is None else objects.entries), f, indent=2)
     return 0
 
 

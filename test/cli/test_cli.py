@@ -569,3 +569,87 @@ def test_set_folder_names_sort_in_set_order():
     assert cli.set_folder_names(3) == ["set_01", "set_02", "set_03"]
     names = cli.set_folder_names(120)
     assert names[0] == "set_001" and names[-1] == "set_120" and sorted(names) == names
+
+
+# ------------------------------------------------------- --instances, --track
+
+
+# tiny random models label everything background at the default threshold
+EVERY_PIXEL = ["--set", "background_classes=", "prob_threshold=0", "instance_min_pixels=2"]
+
+
+@pytest.fixture(scope="module")
+def run_instances(images, base_args, tmp_path_factory):
+    """A run with --instances and the same run without."""
+    outs = [tmp_path_factory.mktemp("cli_instances"), tmp_path_factory.mktemp("cli_plain")]
+    rcs = [cli.main([str(images / "first.png"), str(images / "second.jpg"), "--out", str(out),
+                     "--prompts", PROMPTS, "--save-probs", *flag, *EVERY_PIXEL, *base_args])
+           for out, flag in zip(outs, (["--instances"], []))]
+    return rcs, outs
+
+
+def test_instances_png_and_json_match_find_instances(run_instances):
+    from cass_ros.core.objects.instances import InstanceParams, find_instances
+
+    rcs, (out, plain_out) = run_instances
+    assert rcs == [0, 0]
+    found = 0
+    for stem in ("first", "second"):
+        labels = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        png = cv2.imread(str(out / f"{stem}_instances.png"), cv2.IMREAD_UNCHANGED)
+        assert png.dtype == np.uint16 and png.shape == labels.shape
+        probs = np.load(out / f"{stem}_probs.npy")
+        own = np.take_along_axis(probs, labels[None].astype(np.int64), 0)[0]
+        inst = find_instances(labels, InstanceParams(min_pixels=2), own)
+        np.testing.assert_array_equal(png, inst.index)
+        doc = json.loads((out / f"{stem}.json").read_text())
+        assert list(doc) == ["image", "size", "class_names", "objects", "prompt_id",
+                             "timings_ms", "instances"]
+        assert [e["id"] for e in doc["instances"]] == list(range(1, inst.count + 1))
+        for e in doc["instances"]:
+            i = e["id"]
+            assert set(e) == {"id", "class_id", "label", "pixel_count", "bbox",
+                              "mean_confidence"}
+            assert e["class_id"] == inst.class_ids[i - 1]
+            assert e["label"] == doc["class_names"][e["class_id"]]
+            assert e["pixel_count"] == inst.pixel_counts[i - 1] == int((png == i).sum())
+            assert e["bbox"] == inst.boxes[i - 1].tolist()
+            assert e["mean_confidence"] == pytest.approx(float(inst.mean_confidence[i - 1]),
+                                                         abs=1e-5)
+        found += inst.count
+        # the existing keys and files are what a run without --instances writes
+        plain = _json_without_timings(plain_out / f"{stem}.json")
+        with_inst = _json_without_timings(out / f"{stem}.json")
+        del with_inst["instances"]
+        assert with_inst == plain
+        assert np.array_equal(labels, cv2.imread(str(plain_out / f"{stem}_labels.png"),
+                                                 cv2.IMREAD_UNCHANGED))
+    assert found >= 2
+    assert not list(plain_out.glob("*_instances.png"))   # only with the flag
+
+
+def test_track_keeps_ids_over_identical_images(images, base_args, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (frames / name).write_bytes((images / "first.png").read_bytes())
+    out = tmp_path / "out"
+    rc = cli.main([str(frames), "--out", str(out), "--prompts", PROMPTS, "--track",
+                   *EVERY_PIXEL, *base_args])
+    assert rc == 0
+    docs = [json.loads((out / f"{s}.json").read_text())["instances"] for s in "abc"]
+    pngs = [cv2.imread(str(out / f"{s}_instances.png"), cv2.IMREAD_UNCHANGED) for s in "abc"]
+    assert docs[0] and docs[0] == docs[1] == docs[2]
+    assert [e["id"] for e in docs[0]] == list(range(1, len(docs[0]) + 1))
+    assert np.array_equal(pngs[0], pngs[1]) and np.array_equal(pngs[0], pngs[2])
+    assert pngs[0].dtype == np.uint16
+
+
+def test_instance_and_track_settings_are_checked(images, base_args, tmp_path, capsys):
+    for key, bad in (("track_min_iou", "2"), ("instance_min_pixels", "-3"),
+                     ("track_min_hits", "many")):
+        rc = cli.main([str(images / "first.png"), "--out", str(tmp_path / "o"), "--prompts",
+                       "cat", "--instances", "--set", f"{key}={bad}", *base_args])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cass_segment: error:") and key in err
