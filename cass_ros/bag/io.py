@@ -51,13 +51,16 @@ STRING = "std_msgs/msg/String"
 OBJECTS = "cass_ros/msg/ObjectPresenceArray"
 OBJECT = "cass_ros/msg/ObjectPresence"
 CLASS_TABLE = "cass_ros/msg/ClassTable"
+INSTANCES = "cass_ros/msg/InstanceArray"
+INSTANCE = "cass_ros/msg/Instance"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 
 PROMPTS_TOPIC = "/cass/prompts"
 CLASSES_TOPIC = "/cass/classes"
 
 # Registration order matters: ObjectPresenceArray refers to ObjectPresence.
-CASS_MESSAGES = ("ObjectPresence", "ObjectPresenceArray", "ClassTable")
+CASS_MESSAGES = ("ObjectPresence", "ObjectPresenceArray", "ClassTable", "Instance",
+                 "InstanceArray")
 # vision_msgs' types that Detection2DArray and LabelInfo use, dependencies first.
 VISION_MESSAGES = ("Point2D", "Pose2D", "BoundingBox2D", "ObjectHypothesis",
                    "ObjectHypothesisWithPose", "Detection2D", "Detection2DArray", "VisionClass",
@@ -519,10 +522,16 @@ def detections_msg(ts: Typestore, header: Any, result: SegmentationResult,
                    min_pixels: int = 1) -> Any:
     """vision_msgs/Detection2DArray of one result, from the node's field
     builder (cass_ros.ros.vision); ``header`` on the array and each detection."""
+    return detections_from_fields(ts, header, detections_fields(result, min_pixels))
+
+
+def detections_from_fields(ts: Typestore, header: Any, fields: Sequence[dict[str, Any]]) -> Any:
+    """vision_msgs/Detection2DArray of Detection2D field dictionaries (per
+    class, or per track: ros.instance_outputs.instance_detection_fields)."""
     t = ts.types
     pfx = "vision_msgs/msg/"
     detections = []
-    for f in detections_fields(result, min_pixels):
+    for f in fields:
         c = f["bbox"]["center"]
         center = t[pfx + "Pose2D"](position=t[pfx + "Point2D"](**c["position"]), theta=c["theta"])
         bbox = t[pfx + "BoundingBox2D"](center=center, size_x=f["bbox"]["size_x"],
@@ -542,6 +551,19 @@ def _zero_pose(ts: Typestore) -> Any:
     pose = t[g + "Pose"](position=t[g + "Point"](x=0.0, y=0.0, z=0.0),
                          orientation=t[g + "Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
     return t[g + "PoseWithCovariance"](pose=pose, covariance=np.zeros(36, np.float64))
+
+
+def instance_array_msg(ts: Typestore, header: Any, result: SegmentationResult,
+                       fields: Sequence[dict[str, Any]]) -> Any:
+    """cass_ros/InstanceArray from the node's field builder
+    (ros.instance_outputs.instance_fields)."""
+    Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
+    Point = ts.types["geometry_msgs/msg/Point"]
+    items = [ts.types[INSTANCE](**dict(f, bbox=Roi(**f["bbox"]),
+                                       **{k: Point(**f[k]) for k in POINT_FIELDS}))
+             for f in fields]
+    return ts.types[INSTANCES](header=header, prompt_id=int(result.prompt_id),
+                               class_names=list(result.class_names), instances=items)
 
 
 def label_info_msg(ts: Typestore, header: Any, prompt_set: PromptSet,
@@ -566,13 +588,15 @@ def class_table_msg(ts: Typestore, header: Any, prompt_set: PromptSet, prompt_id
 # Message readers
 
 def image_array(msg: Any) -> np.ndarray:
-    """The pixels of a mono8/mono16/rgb8 sensor_msgs/Image written by the
+    """The pixels of a mono8/mono16/rgb8/32SC1 sensor_msgs/Image written by the
     node or the bag tool, as (H, W) or (H, W, 3), decoded by the same code
     as the node's. For camera images of any encoding use ``image_to_rgb``."""
     if msg.encoding in ("mono8", "mono16"):
         return labels_from_msg(msg)
     if msg.encoding in ("rgb8", "bgr8"):
         return image_conversion.to_rgb(msg)
+    if msg.encoding == "32SC1":     # the instance image (little endian, unpadded)
+        return np.frombuffer(bytes(msg.data), "<i4").reshape(msg.height, msg.width)
     raise BagError(f"unexpected output image encoding {msg.encoding!r}")
 
 
@@ -589,7 +613,8 @@ def output_topics(camera: str) -> dict[str, str]:
     base = f"/cass/{camera}"
     return {"labels": f"{base}/segmentation", "color": f"{base}/segmentation/color",
             "objects": f"{base}/objects", "detections": f"{base}/detections",
-            "label_info": f"{base}/label_info"}
+            "label_info": f"{base}/label_info", "instances": f"{base}/instances",
+            "instance_objects": f"{base}/instance_objects"}
 
 
 # ---------------------------------------------------------------------------

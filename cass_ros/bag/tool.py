@@ -12,6 +12,8 @@ node's output topics:
     /cass/<cam>/detections          vision_msgs/Detection2DArray  } when vision_msgs
     /cass/<cam>/label_info          vision_msgs/LabelInfo (latched) } is installed
     /cass/classes                   cass_ros/ClassTable (latched)
+    /cass/<cam>/instances           sensor_msgs/Image 32SC1    } with the parameter
+    /cass/<cam>/instance_objects    cass_ros/InstanceArray     } instances: true
 
 each output at the bag time of its input frame, with the input's header.
 The overlays carry the legend when the parameters say ``overlay_legend:
@@ -59,9 +61,11 @@ from ..core.prompt_session import PromptSession
 from ..core.prompts import PromptError, PromptSet, build_prompt_set, parse_prompt_text
 from ..core.result import SegmentationResult
 from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
-from ..core.visualize import draw_legend, overlay, write_color_table
+from ..core.visualize import draw_legend, outline_instances, overlay, write_color_table
 from ..ros import params as node_params
 from ..ros.image_conversion import ImageConversionError
+from ..ros.instance_outputs import (FrameObjects, frame_objects, instance_detection_fields,
+                                    instance_fields, instance_image_fields)
 
 if TYPE_CHECKING:  # imports torch: loaded in _load_segmenter, see there
     from ..core.segmenter import Segmenter
@@ -374,8 +378,11 @@ def _open_outputs(stack: ExitStack, opts: BagToolOptions, settings: _Settings,
     reliable = [bag_io.qos_profile(reliable=True)]
     latched = [bag_io.qos_profile(transient_local=True, depth=1)]
     types = {"labels": bag_io.IMAGE, "color": bag_io.IMAGE, "objects": bag_io.OBJECTS,
-             "detections": bag_io.DETECTIONS_TYPE, "label_info": bag_io.LABEL_INFO_TYPE}
+             "detections": bag_io.DETECTIONS_TYPE, "label_info": bag_io.LABEL_INFO_TYPE,
+             "instances": bag_io.IMAGE, "instance_objects": bag_io.INSTANCES}
     kinds = ["labels", "color", "objects"] if opts.color else ["labels", "objects"]
+    if settings.runtime.instances:
+        kinds += ["instances", "instance_objects"]
     vision_off = bag_io.vision_missing(ts)
     if vision_off is None:
         kinds += ["detections", "label_info"]
@@ -538,14 +545,20 @@ def _stream_frames(ctx: _Run, pending: Sequence[_Pending]) -> list[StreamFrame] 
 def _write_outputs(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> None:
     """The node's outputs for one frame, at its bag time with its header."""
     ts, header, labels = ctx.ts, frame.header, frame.result.labels
+    runtime = ctx.settings.runtime
     msg = bag_io.label_image_msg(ts, header, labels)
     ctx.writer.write(s.outputs["labels"], frame.t_ns, ts.serialize_cdr(msg, bag_io.IMAGE))
+    objs = _write_instances(ctx, s, frame)
     if "color" in s.outputs or ctx.opts.overlays is not None:
-        _write_overlay(ctx, s, frame, colors)
-    omsg = bag_io.objects_msg(ts, header, frame.result, ctx.settings.runtime.min_pixels)
+        _write_overlay(ctx, s, frame, colors, objs)
+    omsg = bag_io.objects_msg(ts, header, frame.result, runtime.min_pixels)
     ctx.writer.write(s.outputs["objects"], frame.t_ns, ts.serialize_cdr(omsg, bag_io.OBJECTS))
     if "detections" in s.outputs:
-        dmsg = bag_io.detections_msg(ts, header, frame.result, ctx.settings.runtime.min_pixels)
+        if objs is not None and runtime.detections_per == "instance":
+            dmsg = bag_io.detections_from_fields(ts, header, instance_detection_fields(
+                objs, frame.result.class_names))
+        else:
+            dmsg = bag_io.detections_msg(ts, header, frame.result, runtime.min_pixels)
         ctx.writer.write(s.outputs["detections"], frame.t_ns,
                          ts.serialize_cdr(dmsg, bag_io.DETECTIONS_TYPE))
     if ctx.summary is not None:
@@ -555,7 +568,28 @@ def _write_outputs(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> 
             index=frame.index, timings_ms=frame.result.timings_ms, size=frame.result.size))
 
 
-def _write_overlay(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> None:
+def _write_instances(ctx: _Run, s: _Stream, frame: _Frame) -> FrameObjects | None:
+    """Instances and tracks (docs/ros-interface.md, "Instances and tracks"):
+    one tracker per input topic in the registry of the temporal streams, on
+    the header stamps, as the node keeps one per camera; None while off."""
+    runtime, ts = ctx.settings.runtime, ctx.ts
+    if not runtime.instances:
+        return None
+    tracker = ctx.temporal.tracker(s.topic, runtime.track_params())
+    stamp = stamp_seconds(frame.header.stamp.sec, frame.header.stamp.nanosec)
+    objs = frame_objects(frame.result, runtime, tracker, stamp, None, runtime.depth_trim_percent)
+    image = bag_io.image_from_fields(ts, frame.header,
+                                     instance_image_fields(frame.result.labels, objs))
+    ctx.writer.write(s.outputs["instances"], frame.t_ns, ts.serialize_cdr(image, bag_io.IMAGE))
+    imsg = bag_io.instance_array_msg(ts, frame.header, frame.result,
+                                     instance_fields(objs, frame.result.class_names))
+    ctx.writer.write(s.outputs["instance_objects"], frame.t_ns,
+                     ts.serialize_cdr(imsg, bag_io.INSTANCES))
+    return objs
+
+
+def _write_overlay(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray,
+                   objs: FrameObjects | None = None) -> None:
     """The colour overlay: the /segmentation/color topic and the --overlays PNGs."""
     labels, base = frame.result.labels, frame.rgb
     if base.shape[:2] != labels.shape:  # output_size: model, resized as the node does
@@ -564,6 +598,8 @@ def _write_overlay(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> 
 
         base = resize_short_side(base, ctx.settings.config.short_side)
     blended = overlay(base, labels, colors, ctx.settings.runtime.color_alpha)
+    if objs is not None and ctx.settings.runtime.overlay_instance_outline:
+        blended = outline_instances(blended, objs.index)
     if ctx.settings.runtime.overlay_legend:
         blended = draw_legend(blended, frame.result.class_names, colors)
     if "color" in s.outputs:

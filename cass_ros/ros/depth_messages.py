@@ -13,6 +13,7 @@ why detections_3d is off where it is not installed; ids follow
 from __future__ import annotations
 
 import array
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,22 +45,32 @@ def detections_3d_msg(result: SegmentationResult, geometry: ObjectGeometry, head
     """vision_msgs/Detection3DArray: one Detection3D per present class with
     valid depth; bbox = the percentile box (orientation identity), one
     hypothesis (class name, mean confidence) posed at the centroid."""
+    items = [(detection_id(result.prompt_id, o["class_id"]), o["label"],
+              float(o["mean_confidence"]), o["class_id"])
+             for o in result.objects(min_pixels) if o["present"]]
+    return detections_3d_from(items, geometry, header)
+
+
+def detections_3d_from(items: Sequence[tuple[str, str, float, int]], geometry: ObjectGeometry,
+                       header: Any) -> Any:
+    """vision_msgs/Detection3DArray of (id, class name, score, row of
+    ``geometry``) items; those without valid depth are left out. Serves the
+    per-class detections and the per-instance ones (instance_outputs)."""
     from geometry_msgs.msg import Point, Vector3
     from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
     out = Detection3DArray()
     out.header = header
     center, size = geometry.center, geometry.size
-    for obj in result.objects(min_pixels):
-        k = obj["class_id"]
-        if not obj["present"] or geometry.counts[k] == 0:
+    for det_id, label, score, k in items:
+        if geometry.counts[k] == 0:
             continue
         det = Detection3D()
         det.header = header
-        det.id = detection_id(result.prompt_id, k)
+        det.id = det_id
         hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id = obj["label"]
-        hyp.hypothesis.score = float(obj["mean_confidence"])
+        hyp.hypothesis.class_id = label
+        hyp.hypothesis.score = float(score)
         hyp.pose.pose.position = Point(**_point(geometry.centroid[k]))
         hyp.pose.pose.orientation.w = 1.0
         det.results = [hyp]
@@ -98,5 +109,5 @@ def cloud_points(msg: Any) -> np.ndarray:
     return np.frombuffer(bytes(msg.data), POINT_DTYPE, count=msg.width * msg.height)
 
 
-__all__ = ["geometry_fields", "detections_3d_msg",
+__all__ = ["geometry_fields", "detections_3d_msg", "detections_3d_from",
            "cloud_msg", "cloud_points"]

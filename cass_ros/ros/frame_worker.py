@@ -24,16 +24,18 @@ from std_msgs.msg import Header
 from ..core.depth import DepthError, ObjectGeometry, labelled_points, nearest_resize, object_geometry
 from ..core.result import SegmentationResult
 from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
-from ..core.visualize import draw_legend, overlay
+from ..core.visualize import draw_legend, outline_instances, overlay
 from .cameras import Batch, Camera, CameraBoard
 from .depth_input import DepthFrame, DepthInput, Found, stamp_ns
-from .depth_messages import cloud_msg, detections_3d_msg
+from .depth_messages import cloud_msg, detections_3d_from, detections_3d_msg
 from .image_conversion import ImageConversionError, to_rgb
 from . import mapper_outputs
 from .in_force import Work
 from .query_service import KeptFrame, KeptFrames
+from .instance_outputs import (DepthForInstances, FrameObjects, frame_objects,
+                               instance_array_msg, instance_detection_fields, instances_msg)
 from .messages import color_image_msg, label_image_msg, objects_msg
-from .vision import detections_msg
+from .vision import detections_msg, detections_msg_from
 
 ImageMsg = Image | CompressedImage
 STOP_WAIT_S = 1.0          # how long a stop waits for a batch in progress
@@ -55,6 +57,9 @@ class CameraOutputs:
     camera_info: Publisher | None = None
     confidence: Publisher | None = None
     mask: Publisher | None = None
+    # instances and tracks (instance_outputs.py)
+    instances: Publisher | None = None
+    instance_objects: Publisher | None = None
 
 
 @dataclass(frozen=True)
@@ -178,27 +183,62 @@ class FrameWorker:
         d3 = self._geometry(frame, result, work, found)
         out.objects.publish(objects_msg(result, header, runtime.min_pixels, inference_ms,
                                         d3.geometry if d3 else None))
+        objs = self._instances(frame, result, work, d3)
         if d3 is not None:
-            self._publish_3d(out, frame, result, work, d3)
+            self._publish_3d(out, frame, result, work, d3, objs)
         # Built like the overlay: only when someone listens, or when asked to.
         if out.detections is not None and (runtime.publish_detections
                                            or out.detections.get_subscription_count() > 0):
-            out.detections.publish(detections_msg(result, header, runtime.min_pixels))
+            out.detections.publish(
+                detections_msg_from(instance_detection_fields(objs, result.class_names), header)
+                if objs is not None and runtime.detections_per == "instance"
+                else detections_msg(result, header, runtime.min_pixels))
         # The overlay costs a full-image blend: only when someone looks.
         if runtime.publish_color or out.color.get_subscription_count() > 0:
-            rgb = frame.rgb
-            if rgb.shape[:2] != result.labels.shape:
-                # preprocess imports torch: not at module level, so that
-                # importing the node loads no torch before its parameters
-                # are checked (one-second start-up failures)
-                from ..core.preprocess import resize_short_side
-
-                rgb = resize_short_side(rgb, work.segmenter.config.short_side)
             frame.cam.overlays += 1
-            blended = overlay(rgb, result.labels, work.prompts.colors, runtime.color_alpha)
-            if runtime.overlay_legend:
-                blended = draw_legend(blended, work.prompts.class_names, work.prompts.colors)
-            out.color.publish(color_image_msg(blended, header))
+            out.color.publish(color_image_msg(self._overlay(frame, result, work, objs), header))
+
+    def _overlay(self, frame: _Frame, result: SegmentationResult, work: Work,
+                 objs: FrameObjects | None) -> np.ndarray:
+        runtime = work.runtime
+        rgb = frame.rgb
+        if rgb.shape[:2] != result.labels.shape:
+            # preprocess imports torch: not at module level, so that
+            # importing the node loads no torch before its parameters
+            # are checked (one-second start-up failures)
+            from ..core.preprocess import resize_short_side
+
+            rgb = resize_short_side(rgb, work.segmenter.config.short_side)
+        blended = overlay(rgb, result.labels, work.prompts.colors, runtime.color_alpha)
+        if objs is not None and runtime.overlay_instance_outline:
+            blended = outline_instances(blended, objs.index)
+        if runtime.overlay_legend:
+            blended = draw_legend(blended, work.prompts.class_names, work.prompts.colors)
+        return blended
+
+    # ------------------------------------------------------ instances and tracks
+
+    def _instances(self, frame: _Frame, result: SegmentationResult, work: Work,
+                   d3: _Depth3D | None) -> FrameObjects | None:
+        """The frame's instances and published tracks, and their two topics
+        (docs/ros-interface.md, "Instances and tracks"); None while off."""
+        runtime = work.runtime
+        if not runtime.instances:
+            self._streams.drop_trackers()       # off: no cost, and a fresh start when on
+            return None
+        tracker = self._streams.tracker(frame.cam.index, runtime.track_params())
+        depth = None if d3 is None else DepthForInstances(d3.depth.depth_m, d3.depth.intrinsics,
+                                                          d3.labels)
+        objs = frame_objects(result, runtime, tracker,
+                             stamp_seconds(frame.header.stamp.sec, frame.header.stamp.nanosec),
+                             depth, runtime.depth_trim_percent)
+        out = self._outputs[frame.cam.index]
+        if out.instance_objects is not None:
+            out.instance_objects.publish(instance_array_msg(result, objs, frame.header))
+        if out.instances is not None and (runtime.publish_instances
+                                          or out.instances.get_subscription_count() > 0):
+            out.instances.publish(instances_msg(result.labels, objs, frame.header))
+        return objs
 
     # ------------------------------------------------------------ depth to 3D
 
@@ -230,11 +270,17 @@ class FrameWorker:
         return _Depth3D(depth, labels, geometry)
 
     def _publish_3d(self, out: CameraOutputs, frame: _Frame, result: SegmentationResult,
-                    work: Work, d3: _Depth3D) -> None:
+                    work: Work, d3: _Depth3D, objs: FrameObjects | None) -> None:
         runtime = work.runtime
         if out.detections_3d is not None:
-            out.detections_3d.publish(detections_3d_msg(result, d3.geometry, frame.header,
-                                                         runtime.min_pixels))
+            if objs is not None and runtime.detections_per == "instance":
+                items = [(str(t.id), result.class_names[t.class_id],
+                          float(objs.instances.mean_confidence[t.instance - 1]), t.instance)
+                         for t in objs.tracks]
+                msg = detections_3d_from(items, objs.instances.geometry, frame.header)
+            else:
+                msg = detections_3d_msg(result, d3.geometry, frame.header, runtime.min_pixels)
+            out.detections_3d.publish(msg)
         # the cloud costs a pass over the image: only when someone listens
         if out.points is not None and out.points.get_subscription_count() > 0:
             conf = result.confidence

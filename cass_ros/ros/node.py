@@ -50,7 +50,7 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from cass_ros.msg import ClassTable, ObjectPresenceArray
+from cass_ros.msg import ClassTable, InstanceArray, ObjectPresenceArray
 
 from ..core.config import CassConfig, ConfigError
 from ..core.prompt_session import ActivePrompts
@@ -345,6 +345,9 @@ class CassNodeBase(Node):
             color=self.create_publisher(Image, f"{base}/segmentation/color", OUT_IMAGE_QOS),
             objects=self.create_publisher(ObjectPresenceArray, f"{base}/objects",
                                           OUT_OBJECTS_QOS),
+            instances=self.create_publisher(Image, f"{base}/instances", OUT_IMAGE_QOS),
+            instance_objects=self.create_publisher(InstanceArray, f"{base}/instance_objects",
+                                                   OUT_OBJECTS_QOS),
             **self._vision_outputs(base))
 
     def _vision_outputs(self, base: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Mapping, Sequence
 
 from ..core.config import (ALGORITHM, FIELD_NAMES, PROMPTS, CassConfig, ConfigError, build_config,
@@ -27,7 +27,12 @@ from ..core.prompts import (PromptError, PromptSet, check_prompt_set, prompt_set
                             read_classes_file)
 from ..core.temporal import TemporalParams
 
+if TYPE_CHECKING:   # scipy loads with them: not before the parameters are checked
+    from ..core.objects.instances import InstanceParams
+    from ..core.objects.tracks import TrackParams
+
 TRANSPORTS = ("raw", "compressed")
+DETECTIONS_PER = ("class", "instance")
 QOS_CHOICES = ("best_effort", "reliable")
 OUTPUT_SIZES = ("input", "model")
 
@@ -84,6 +89,17 @@ class RuntimeParams:
     camera_info_topics: tuple[str, ...] = ()    # per image topic; () or '' = next to it
     # /cass/describe (docs/ros-interface.md, "Queries")
     vocabulary_file: str = ""                   # '' = the shipped vocabulary
+    # instances and tracks (docs/ros-interface.md, "Instances and tracks")
+    instances: bool = False
+    instance_min_pixels: int = 0                # 0 = 0.1 % of the label image
+    instance_depth_jump: float = 0.0
+    track_min_iou: float = 0.3
+    track_max_missed: int = 5
+    track_min_hits: int = 1
+    track_max_distance_m: float = 1.0
+    publish_instances: bool = False
+    detections_per: str = "class"
+    overlay_instance_outline: bool = False
     # temporal stability (core.temporal.TemporalParams, docs/algorithm.md 5.6)
     temporal_smoothing: float = TemporalParams.smoothing
     temporal_reset_gap_s: float = TemporalParams.reset_gap_s
@@ -127,7 +143,25 @@ class RuntimeParams:
         self.temporal().validate(prefix="temporal_")
         self._validate_depth()
         self._validate_mapping()
+        _need(self.detections_per in DETECTIONS_PER, "detections_per",
+              f"must be one of {', '.join(DETECTIONS_PER)}, not {self.detections_per!r}")
+        self.instance_params().validate(prefix="instance_")
+        self.track_params().validate(prefix="track_")
         return self
+
+    def instance_params(self) -> InstanceParams:
+        """How instances are cut from a camera's label image (core.objects)."""
+        from ..core.objects.instances import InstanceParams
+
+        return InstanceParams(self.instance_min_pixels, self.instance_depth_jump)
+
+    def track_params(self) -> TrackParams:
+        """How a camera's instances are followed; restarts as its temporal
+        stream would (temporal_reset_gap_s)."""
+        from ..core.objects.tracks import TrackParams
+
+        return TrackParams(self.track_min_iou, self.track_max_missed, self.track_min_hits,
+                           self.track_max_distance_m, self.temporal_reset_gap_s)
 
     def _validate_mapping(self) -> None:
         """Outputs for mappers (docs/ros-interface.md, "Outputs for mappers")."""
@@ -246,6 +280,34 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("vocabulary_file", RuntimeParams.vocabulary_file, "Vocabulary of /cass/describe "
               "(one class per line, synonyms separated by , or |); empty = the shipped one (the "
               "presets' classes)", "str"),
+    ParamSpec("instances", RuntimeParams.instances, "Cut each class's connected regions into "
+              "instances, track them and publish /cass/<cam>/instance_objects", "bool",
+              runtime=True),
+    ParamSpec("instance_min_pixels", RuntimeParams.instance_min_pixels, "Pixels a region needs "
+              "to be an instance; 0 = 0.1 % of the label image", "int", 0, 2**31 - 1,
+              runtime=True),
+    ParamSpec("instance_depth_jump", RuntimeParams.instance_depth_jump, "With depth: a relative "
+              "depth step between neighbouring pixels that cuts a region (0.1 = 10 %); 0 = off",
+              "float", 0.0, 100.0, runtime=True),
+    ParamSpec("track_min_iou", RuntimeParams.track_min_iou, "Mask overlap (IoU) an instance "
+              "needs with a track of the previous frames to continue it", "float", 0.0, 1.0,
+              runtime=True),
+    ParamSpec("track_max_missed", RuntimeParams.track_max_missed, "Frames a track survives "
+              "without an instance (its id comes back when it is found again)", "int", 0, 10000,
+              runtime=True),
+    ParamSpec("track_min_hits", RuntimeParams.track_min_hits, "Consecutive frames before a new "
+              "track is published (1 = at once)", "int", 1, 10000, runtime=True),
+    ParamSpec("track_max_distance_m", RuntimeParams.track_max_distance_m, "With depth: largest "
+              "3D centroid distance (m) between a track and its continuation", "float",
+              0.0, 1000.0, runtime=True),
+    ParamSpec("publish_instances", RuntimeParams.publish_instances, "Always build "
+              "/cass/<cam>/instances (32SC1; otherwise only while it has subscribers)", "bool",
+              runtime=True),
+    ParamSpec("detections_per", RuntimeParams.detections_per, "vision_msgs detections: one per "
+              "present class, or one per published track (id = the track id)", "str",
+              choices=DETECTIONS_PER, runtime=True),
+    ParamSpec("overlay_instance_outline", RuntimeParams.overlay_instance_outline, "Outline the "
+              "instances on the colour overlay", "bool", runtime=True),
     ParamSpec("temporal_smoothing", RuntimeParams.temporal_smoothing, "Per-camera moving "
               "average of the class probabilities before the labels: weight of the history, "
               "below 1; 0 = off", "float", 0.0, 1.0, runtime=True),

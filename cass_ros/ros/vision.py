@@ -88,13 +88,19 @@ def label_info_fields(prompt_set: PromptSet, prob_threshold: float) -> dict[str,
 def detections_msg(result: SegmentationResult, header: Any, min_pixels: int = 1) -> Any:
     """vision_msgs/Detection2DArray for one result; ``header`` (the image's)
     on the array and on every detection. The ids carry ``result.prompt_id``."""
+    return detections_msg_from(detections_fields(result, min_pixels), header)
+
+
+def detections_msg_from(fields: Sequence[dict[str, Any]], header: Any) -> Any:
+    """vision_msgs/Detection2DArray of Detection2D field dictionaries (per
+    class: ``detections_fields``; per track: instance_outputs)."""
     from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray,
                                  ObjectHypothesisWithPose)
 
     msg = Detection2DArray()
     msg.header = header
     detections = []
-    for f in detections_fields(result, min_pixels):
+    for f in fields:
         d = Detection2D()
         d.header = header
         d.id = f["id"]
@@ -132,5 +138,5 @@ def label_info_msg(prompt_set: PromptSet, header: Any, prob_threshold: float) ->
 
 __all__: Sequence[str] = (
     "vision_msgs_missing", "detection_id", "detections_fields", "label_info_fields",
-    "detections_msg", "label_info_msg", "DETECTIONS_TYPE", "LABEL_INFO_TYPE",
+    "detections_msg", "detections_msg_from", "label_info_msg", "DETECTIONS_TYPE", "LABEL_INFO_TYPE",
 )

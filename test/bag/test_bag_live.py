@@ -168,3 +168,48 @@ def test_live_equals_offline_with_temporal_smoothing(play_into_node, sample_bag,
     first = offline["/cass/camera/objects"][0][1]
     assert any(o.pixel_count > 0 for o in first.objects)
     assert not any(o.present for o in first.objects)
+
+
+INSTANCES = {"instances": True, "instance_min_pixels": 20, "track_min_hits": 2,
+             "overlay_instance_outline": True}
+
+
+def test_live_equals_offline_for_instances_and_track_ids(play_into_node, sample_bag,
+                                                         bag_settings, tmp_path_factory):
+    """Instances and tracks on (docs/ros-interface.md, "Instances and tracks"):
+    the node (one tracker per camera) and cass_bag (one per topic) give the
+    same instance images, the same instances and the same track ids on every
+    frame, the prompt change included (it restarts the tracks)."""
+    params = write_params_file(tmp_path_factory.mktemp("params") / "cass_instances.yaml",
+                               dict(bag_settings, **INSTANCES))
+    out = tmp_path_factory.mktemp("offline_instances") / "out_bag"
+    bag_tool.run(bag_tool.BagToolOptions(input_bag=sample_bag.path, out=out,
+                                         params_file=params, progress=False))
+    offline = read_bag(out)
+    extra = {"/cass/camera/instances": bag_io.IMAGE,
+             "/cass/camera/instance_objects": bag_io.INSTANCES}
+    live = play_into_node(sample_bag.path, params, topics=[RAW, "/cass/prompts"],
+                          lockstep=True, extra_topics=extra)
+    assert_live_equals_offline(live, offline)
+    off_images = {bag_io.stamp_ns(m.header.stamp): bag_io.image_array(m)
+                  for _, m in offline["/cass/camera/instances"]}
+    off_objects = {bag_io.stamp_ns(m.header.stamp): m
+                   for _, m in offline["/cass/camera/instance_objects"]}
+    live_objects = live.recording.messages("/cass/camera/instance_objects")
+    assert len(live_objects) == len(off_objects) == sample_bag.frames
+    ids = set()
+    for m in live_objects:
+        o = off_objects[bag_io.stamp_ns(m.header.stamp)]
+        assert [(i.id, i.class_id, i.pixel_count, i.age) for i in m.instances] == [
+            (i.id, i.class_id, i.pixel_count, i.age) for i in o.instances]
+        ids |= {i.id for i in m.instances}
+    assert ids, "no instance in the sample bag"
+    for m in live.recording.messages("/cass/camera/instances"):
+        np.testing.assert_array_equal(bag_io.image_array(m),
+                                      off_images[bag_io.stamp_ns(m.header.stamp)])
+    # track_min_hits 2: nothing on the first frame, nor on the first after the prompt change
+    k = sample_bag.first_frame_after_prompt
+    ordered = [off_objects[s] for s in sorted(off_objects)]
+    assert not ordered[0].instances and not ordered[k].instances
+    later = [i.id for i in ordered[k + 1].instances]
+    assert later and min(later) > max(i.id for m in ordered[:k] for i in m.instances)
