@@ -37,13 +37,25 @@ installation: rosbags does the I/O.
 The steps of ``run``: read the settings, check the paths, open the input,
 choose the topics, check the outputs, load the model, open the outputs,
 then one pass over the input's messages.
+
+What cass_fleet (cass_ros.fleet; docs/ros-interface.md, cass_fleet) needs
+of the same pipeline, none of which changes what cass_bag does: ``run``
+takes an already-loaded Segmenter (``load_segmenter``), so a worker loads
+the model once and keeps its text-embedding cache across bags;
+``BagToolOptions.frame_range`` runs one chunk of a bag (the prompt
+messages before it are applied without being written, so prompt_ids go on
+as in the whole run); ``prefetch`` reads and decodes frames in a thread
+ahead of the model; ``on_frame`` reports progress; ``plan_bag`` says what a
+run would segment without loading the model.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +106,12 @@ class BagToolOptions:
     copy_input: bool = False
     progress: bool = True
     batch: int = 1                 # frames per Segmenter.segment call (--batch)
+    # cass_fleet only (module docstring); the defaults are cass_bag's behaviour.
+    # frame_range (start, stop): the frames at positions start..stop-1 of the
+    # chosen topics, in bag order, and the other messages between them.
+    frame_range: tuple[int, int] | None = None
+    prefetch: int = 0              # decoded frames a reading thread keeps ahead; 0: none
+    on_frame: Callable[[], None] | None = None  # called per frame read (progress)
 
 
 @dataclass
@@ -110,6 +128,8 @@ class BagToolReport:
     input_messages: int = 0        # every message of the input that could be read
     input_cut_short: list[str] = field(default_factory=list)  # truncated storage files
     seconds: float = 0.0
+    cameras: dict[str, str] = field(default_factory=dict)  # input topic -> camera name
+    prompt_ids: list[int] = field(default_factory=list)    # of the frames segmented, sorted
 
 
 @dataclass
@@ -122,6 +142,17 @@ class _Settings:
     session: PromptSession
     initial: PromptSet | None          # the starting set; None: wait for the bag's
     no_prompt_reason: str
+
+
+@dataclass
+class BagPlan:
+    """What a run would segment (``plan_bag``), found without the model."""
+
+    frames: int                        # image messages on the chosen topics
+    cameras: dict[str, str]            # input topic -> camera name
+    msgtypes: dict[str, str]           # input topic -> its message type
+    message_count: int                 # messages that can be read
+    cut_short: list[str]               # truncated storage files (InputBag.cut_short)
 
 
 @dataclass
@@ -159,6 +190,7 @@ class _Run:
     summary: bag_io.SummaryWriter | None
     report: BagToolReport
     pending: list[_Pending] = field(default_factory=list)  # decoded, not yet segmented
+    prompt_ids: set[int] = field(default_factory=set)      # of the frames segmented
     temporal: TemporalStreams = field(default_factory=TemporalStreams)  # per input topic
 
 
@@ -184,9 +216,10 @@ class _Frame:
     result: SegmentationResult
 
 
-def run(opts: BagToolOptions) -> BagToolReport:
+def run(opts: BagToolOptions, segmenter: Segmenter | None = None) -> BagToolReport:
     """Do the work of ``cass_bag``; raises BagError / ConfigError / PromptError
-    with a message meant for the user."""
+    with a message meant for the user. ``segmenter``: one already loaded
+    with these settings (``load_segmenter``) instead of loading it here."""
     started = time.perf_counter()
     if opts.batch < 1:
         raise ConfigError(f"--batch must be >= 1, not {opts.batch}")
@@ -195,16 +228,52 @@ def run(opts: BagToolOptions) -> BagToolReport:
     with bag_io.open_input_bag(in_path) as bag, ExitStack() as outputs:
         plan = _plan(bag, settings, opts)
         _check_outputs(opts, out_path)
-        segmenter = _load_segmenter(settings.config)
+        if segmenter is None:
+            segmenter = _load_segmenter(settings.config)
         ctx = _open_outputs(outputs, opts, settings, segmenter, bag, plan)
         ctx.report.input_messages = bag.message_count
         ctx.report.input_cut_short = list(bag.cut_short)
+        ctx.report.cameras = {s.topic: s.camera for s in plan.streams.values()}
         _process(ctx, bag, plan)
     # (leaving the ExitStack closed the writer first: a bag cut short by an
     # error or Ctrl-C is still a readable bag)
     _warn_skipped(ctx.report, settings)
+    ctx.report.prompt_ids = sorted(ctx.prompt_ids)
     ctx.report.seconds = time.perf_counter() - started
     return ctx.report
+
+
+def load_segmenter(opts: BagToolOptions) -> Segmenter:
+    """The segmenter ``run(opts)`` would load (the settings checked as it
+    checks them), to pass to several runs."""
+    return _load_segmenter(_read_settings(opts).config)
+
+
+def plan_bag(opts: BagToolOptions) -> BagPlan:
+    """What ``run(opts)`` would segment: the settings and the input checked,
+    the topics chosen, as ``run`` does it; no model, no output. Raises as
+    ``run`` does."""
+    settings = _read_settings(opts)
+    in_path, _ = _check_paths(opts)
+    with bag_io.open_input_bag(in_path) as bag:
+        plan = _plan(bag, settings, opts)
+        return BagPlan(plan.frames, {s.topic: s.camera for s in plan.streams.values()},
+                       {s.topic: s.msgtype for s in plan.streams.values()},
+                       bag.message_count, list(bag.cut_short))
+
+
+def chunking_refused(opts: BagToolOptions) -> str | None:
+    """Why these settings cannot run a bag in chunks (``frame_range``), or
+    None: temporal smoothing, presence hysteresis and tracks carry state
+    from frame to frame of a stream, which a chunk would start afresh."""
+    runtime = _read_settings(opts).runtime
+    on = [name for name, is_on in (("temporal_smoothing", runtime.temporal().smooths),
+                                   ("temporal_present_on/off_frames", runtime.temporal().hysteresis),
+                                   ("instances", runtime.instances)) if is_on]
+    if not on:
+        return None
+    return (f"{' and '.join(on)} carry state from frame to frame of a camera: a bag cannot be "
+            "split into chunks with them on; leave out --chunk-frames")
 
 
 # ---------------------------------------------------------------- checks, before the model loads
@@ -401,7 +470,10 @@ def _open_outputs(stack: ExitStack, opts: BagToolOptions, settings: _Settings,
     ctx = _Run(opts, settings, segmenter, ts, writer, classes_conn, plan.streams, copies,
                summary, BagToolReport())
     if settings.session.active is not None:
-        _write_class_table(ctx, bag.start_time)
+        if opts.frame_range is None or opts.frame_range[0] == 0:
+            _write_class_table(ctx, bag.start_time)
+        else:  # a later chunk: the class table is the first chunk's
+            _write_color_tables(ctx)
     return ctx
 
 
@@ -452,23 +524,134 @@ def _process(ctx: _Run, bag: bag_io.InputBag, plan: _Plan) -> None:
     """Every wanted message in bag order: copies, prompt changes, frames."""
     wanted = [c for c in bag.connections
               if c.topic in ctx.streams or c.id in plan.prompt_ids or c.id in ctx.copies]
-    with tqdm(total=plan.frames, unit="frame", desc="cass_bag", disable=not ctx.opts.progress,
-              dynamic_ncols=True) as bar:
-        for conn, t_ns, raw in bag.messages(wanted):
-            if conn.id in ctx.copies:
-                ctx.writer.write(ctx.copies[conn.id], t_ns, raw)
+    opts = ctx.opts
+    total = plan.frames
+    if opts.frame_range is not None:
+        total = max(0, min(opts.frame_range[1], total) - opts.frame_range[0])
+    events = _events(ctx, bag.messages(wanted), plan)
+    stop = threading.Event()
+    if opts.prefetch > 0:
+        events = _read_ahead(events, opts.prefetch, stop)
+    try:
+        with tqdm(total=total, unit="frame", desc="cass_bag", disable=not opts.progress,
+                  dynamic_ncols=True) as bar:
+            for event in events:
+                if isinstance(event, _FrameEvent):
+                    bar.update(1)
+                    if opts.on_frame is not None:
+                        opts.on_frame()
+                    _on_frame(ctx, event)
+                elif isinstance(event, _PromptEvent):
+                    _on_prompt(ctx, event.t_ns, event.raw, event.before)
+                else:
+                    conn_id, t_ns, raw = event
+                    ctx.writer.write(ctx.copies[conn_id], t_ns, raw)
+            _flush(ctx)
+    finally:
+        stop.set()  # a reading thread still running ends at its next frame
+
+
+@dataclass
+class _FrameEvent:
+    """An input image read (and decoded: ``rgb``, else ``error``)."""
+
+    stream: _Stream
+    t_ns: int
+    index: int                         # its place on its topic
+    header: Any
+    rgb: np.ndarray | None
+    error: str = ""
+
+
+@dataclass
+class _PromptEvent:
+    t_ns: int
+    raw: bytes
+    before: bool                       # before the frame range: applied, not written
+
+
+def _events(ctx: _Run, messages: Iterator[tuple[Connection, int, bytes]], plan: _Plan
+            ) -> Iterator[_FrameEvent | _PromptEvent | tuple[int, int, bytes]]:
+    """The input's messages as the pass handles them: frames read and
+    decoded, prompt messages, copies ((connection id, time, raw)). Reads
+    nothing of the run's state but the plan, so that it may run in a
+    thread (``prefetch``). With a frame range, a message belongs to it when
+    the frames before it number from start to stop - 1: the messages
+    between two chunks go with the later one, as the frame after them."""
+    start, stop = ctx.opts.frame_range or (0, None)
+    counts = dict.fromkeys(ctx.streams, 0)
+    seen = 0                           # frames of the chosen topics before this message
+    for conn, t_ns, raw in messages:
+        if stop is not None and seen >= stop:
+            return
+        if seen < start:               # before the range: only the prompts matter
             if conn.id in plan.prompt_ids:
-                _on_prompt(ctx, t_ns, raw)
+                yield _PromptEvent(t_ns, raw, True)
             elif conn.topic in ctx.streams:
-                bar.update(1)
-                _on_frame(ctx, ctx.streams[conn.topic], t_ns, raw)
-        _flush(ctx)
+                counts[conn.topic] += 1
+                seen += 1
+            continue
+        if conn.id in ctx.copies:
+            yield conn.id, t_ns, raw
+        if conn.id in plan.prompt_ids:
+            yield _PromptEvent(t_ns, raw, False)
+        elif conn.topic in ctx.streams:
+            s = ctx.streams[conn.topic]
+            index = counts[conn.topic]
+            counts[conn.topic] += 1
+            seen += 1
+            msg = ctx.ts.deserialize_cdr(raw, s.msgtype)
+            try:
+                yield _FrameEvent(s, t_ns, index, msg.header, bag_io.image_to_rgb(msg))
+            except ImageConversionError as e:
+                yield _FrameEvent(s, t_ns, index, msg.header, None, str(e))
 
 
-def _on_prompt(ctx: _Run, t_ns: int, raw: bytes) -> None:
+def _read_ahead(events: Iterator[Any], depth: int, stop: threading.Event) -> Iterator[Any]:
+    """``events`` produced by a thread up to ``depth`` ahead of the caller,
+    so that reading and decoding overlap the model (cass_fleet's workers).
+    The thread's errors are raised here; setting ``stop`` ends it."""
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for event in events:
+                if not put(("event", event)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+            put(("error", e))
+            return
+        put(("end", None))
+
+    thread = threading.Thread(target=produce, name="cass_bag-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _on_prompt(ctx: _Run, t_ns: int, raw: bytes, before: bool = False) -> None:
     """A /cass/prompts message: validated and numbered by the PromptSession
     the node uses (docs/ros-interface.md, Prompts); it applies from the next
-    frame on."""
+    frame on. ``before`` a frame range it is put in force without being
+    written or counted (the chunk's prompt_ids go on from there)."""
     session, report = ctx.settings.session, ctx.report
     _flush(ctx)  # the frames before it keep the prompts they came under
     text = ctx.ts.deserialize_cdr(raw, bag_io.STRING).data
@@ -478,35 +661,34 @@ def _on_prompt(ctx: _Run, t_ns: int, raw: bytes) -> None:
         if not session.request(prompt_set):
             return  # the node ignores a repeat of the set last asked for
     except PromptError as e:
-        report.prompts_rejected += 1
-        log.warning("prompt message at %.3f s rejected, classes kept: %s", t_ns / 1e9, e)
+        if not before:
+            report.prompts_rejected += 1
+            log.warning("prompt message at %.3f s rejected, classes kept: %s", t_ns / 1e9, e)
         return
     active = session.activate(ctx.segmenter, prompt_set)
+    if before:
+        _write_color_tables(ctx)
+        return
     report.prompts_accepted += 1
     log.info("prompts at %.3f s: %s (prompt_id %d)", t_ns / 1e9,
              ", ".join(active.class_names[1:]), active.prompt_id)
     _write_class_table(ctx, t_ns)
 
 
-def _on_frame(ctx: _Run, s: _Stream, t_ns: int, raw: bytes) -> None:
-    """Decode a frame and queue it; a full batch is segmented (``_flush``)."""
+def _on_frame(ctx: _Run, frame: _FrameEvent) -> None:
+    """Queue a decoded frame; a full batch is segmented (``_flush``)."""
     report = ctx.report
     report.frames_in += 1
-    index = s.count
-    s.count += 1
-    msg = ctx.ts.deserialize_cdr(raw, s.msgtype)
     active = ctx.settings.session.active
     if active is None:
         report.frames_without_prompts += 1
         return
-    try:
-        rgb = bag_io.image_to_rgb(msg)
-    except ImageConversionError as e:
+    if frame.rgb is None:
         report.frames_bad += 1
         if report.frames_bad <= 5:
-            log.warning("%s frame %d skipped: %s", s.topic, index, e)
+            log.warning("%s frame %d skipped: %s", frame.stream.topic, frame.index, frame.error)
         return
-    ctx.pending.append(_Pending(s, msg.header, t_ns, index, rgb))
+    ctx.pending.append(_Pending(frame.stream, frame.header, frame.t_ns, frame.index, frame.rgb))
     if len(ctx.pending) >= ctx.opts.batch:
         _flush(ctx)
 
@@ -527,6 +709,7 @@ def _flush(ctx: _Run) -> None:
     for p, result in zip(pending, results):
         _write_outputs(ctx, p.stream, _Frame(p.header, p.t_ns, p.index, p.rgb, result),
                        active.colors)
+        ctx.prompt_ids.add(int(result.prompt_id))
         report.frames_out += 1
         report.per_topic[p.stream.topic] = report.per_topic.get(p.stream.topic, 0) + 1
 
