@@ -186,7 +186,7 @@ def plot_timeline(tl: Timeline, colors: dict[str, np.ndarray], path: Path) -> No
                     xycoords=("data", "axes fraction"), xytext=(3, 3),
                     textcoords="offset points", fontsize=8, va="bottom")
     ax.set_yticks(range(len(tl.class_names)), tl.class_names)
-    ax.set_ylim(len(tl.class_names) - 0.5, -0.5)   # the first class on top
+    ax.set_ylim(max(len(tl.class_names), 1) - 0.5, -0.5)   # the first class on top
     ax.set_xlim(0, float(ends[-1]))
     ax.set_xlabel("time since the bag's first frame (s)")
     ax.grid(axis="x", color="0.85")
@@ -263,8 +263,9 @@ def _bag_row(i: int, bag: dict[str, Any], out_dir: Path) -> str:
     status = str(bag.get("status", "?"))
     note = _e(bag.get("reason", "")) if status == "failed" else ""
     if bag.get("truncated"):
-        note += (f"input truncated: recovered {_e(bag.get('recovered_messages', '?'))} messages"
-                 f" ({_e(bag.get('recovered_frames', '?'))} frames)")
+        note += ("; " if note else "") + (
+            f"input truncated: recovered {_e(bag.get('recovered_messages', '?'))} messages"
+            f" ({_e(bag.get('recovered_frames', '?'))} frames)")
     out = out_dir / str(bag.get("output", ""))
     link = (f'<a href="{_href(out, out_dir)}">{_e(bag.get("output"))}</a>'
             if bag.get("output") and out.exists() else "&ndash;")
@@ -277,13 +278,13 @@ def _bag_row(i: int, bag: dict[str, Any], out_dir: Path) -> str:
 
 def _camera_html(i: int, cam: _Camera, t0: int, table: dict[int, np.ndarray], bag_path: Path,
                  out_dir: Path, label: str) -> str:
+    """One camera of bag ``i``: its rates, timeline and thumbnails."""
     tl = presence_timeline(cam.objects, t0)
     colors: dict[str, np.ndarray] = {}
     for m in cam.objects:   # a class keeps the colour of the first set that has it
         for name, rgb in zip(list(m.class_names)[1:], _colors(table, m)[1:]):
             colors.setdefault(str(name), rgb)
-    files = out_dir / FILES
-    plot = files / f"{i:03d}_{cam.name}_timeline.png"
+    plot = out_dir / FILES / f"{i:03d}_{cam.name}_timeline.png"
     plot_timeline(tl, colors, plot)
     span = float(tl.times_s[-1] - tl.times_s[0])
     rate = f", {(len(tl.times_s) - 1) / span:.1f} Hz" if span > 0 else ""
@@ -294,15 +295,21 @@ def _camera_html(i: int, cam: _Camera, t0: int, table: dict[int, np.ndarray], ba
              f'<img class="timeline" src="{_href(plot, out_dir)}" alt="presence timeline">',
              "<p><small>A bar in the class's colour: present; grey: asked for, absent; "
              "dashed: a new prompt set from then on.</small></p>"]
+    return "".join(parts) + _thumbnails_html(i, cam, tl, table, bag_path, out_dir)
+
+
+def _thumbnails_html(i: int, cam: _Camera, tl: Timeline, table: dict[int, np.ndarray],
+                     bag_path: Path, out_dir: Path) -> str:
+    """The thumbnails where classes first appear, each with its legend."""
     firsts = first_appearances(tl)
     images, is_overlay = _read_images(bag_path, cam.name, {cam.times[f] for f, _ in firsts})
     figs = []
     for f, new in firsts:
-        msg = cam.objects[f]
-        k_colors = _colors(table, msg)
-        thumb = files / f"{i:03d}_{cam.name}_f{f:06d}.png"
         if cam.times[f] not in images:   # its image message did not survive a cut
             continue
+        msg = cam.objects[f]
+        k_colors = _colors(table, msg)
+        thumb = out_dir / FILES / f"{i:03d}_{cam.name}_f{f:06d}.png"
         bag_io.write_png(thumb, _thumbnail(images[cam.times[f]], is_overlay, k_colors))
         legend = "".join(_legend_item(str(o.label), k_colors[o.class_id], bool(o.present),
                                       str(o.label) in new) for o in msg.objects)
@@ -311,9 +318,8 @@ def _camera_html(i: int, cam: _Camera, t0: int, table: dict[int, np.ndarray], ba
                     f'{_e(", ".join(new))}<ul class="legend">{legend}</ul></figcaption></figure>')
     source = ("the published overlays (segmentation/color)" if is_overlay else
               "the label images over neutral grey: the camera images are not in the output bag")
-    parts.append(f"<p>Where classes first appear (bold), from {source}:</p>"
-                 f'<div class="thumbs">{"".join(figs)}</div>')
-    return "".join(parts)
+    return (f"<p>Where classes first appear (bold), from {source}:</p>"
+            f'<div class="thumbs">{"".join(figs)}</div>')
 
 
 def _bag_html(i: int, bag: dict[str, Any], out_dir: Path) -> str:

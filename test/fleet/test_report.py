@@ -239,3 +239,15 @@ def test_timeline_first_appearances_and_prompt_changes_of_known_messages():
     assert report.first_appearances(tl, limit=2) == [(0, ["b"]), (1, ["a"])]
     assert report.prompt_changes(tl) == [(pytest.approx(0.3), 2, ["b", "c"])]
     assert report.presence_timeline(msgs).times_s[0] == 0.0   # default: the first stamp
+
+
+def test_a_sparse_manifest_and_an_unreadable_output_bag_still_give_a_page(tmp_path):
+    """Optional keys missing, a bag still running, a done bag whose output is
+    gone: the page says so instead of failing."""
+    manifest = {"bags": [{"input": "/data/a", "output": "bags/a", "status": "done"},
+                         {"input": "/data/b", "status": "running"}]}
+    page = _parse(report.write_report(tmp_path, manifest))
+    text = "".join(page.text)
+    assert "Cannot read the output bag" in text and "running" in text
+    assert [a["id"] for t, a, _ in page.tags if t == "section"] == ["bag0"]
+    assert not list((tmp_path / report.FILES).iterdir())
