@@ -239,7 +239,8 @@ def _legend_item(name: str, rgb: np.ndarray, present: bool, new: bool) -> str:
 def _settings_html(manifest: dict[str, Any]) -> str:
     rows = [(k, v if isinstance(v, str) else json.dumps(v))
             for k, v in (manifest.get("fingerprint") or {}).items()]
-    rows += [(k, manifest.get(k)) for k in ("settings_hash", "started", "finished")]
+    rows += [(k, manifest.get(k)) for k in ("settings_hash", "started", "finished", "state")
+             if k in manifest or k != "state"]   # state: the run's, when the manifest has it
     return ('<h2>Settings</h2><table class="settings">' + "".join(
         f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in rows) + "</table>")
 
