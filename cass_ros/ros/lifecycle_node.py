@@ -31,7 +31,8 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from ..core.config import ConfigError
 from ..core.prompts import PromptError
 from . import node as plain
-from .node import NODE_NAME, CassNodeBase, StartupError
+from .model_setup import StartupError, one_line
+from .node import NODE_NAME, CassNodeBase
 from .stopping import StopRequested, StopSignals
 
 FLUSH_S = 0.5     # after the shutdown transition: time for its service reply to go out
@@ -54,7 +55,7 @@ class CassLifecycleNode(CassNodeBase, LifecycleNode):
             with self._interruptible():
                 self._configure()
         except (ConfigError, PromptError, StartupError) as e:
-            self.get_logger().error(f"configure failed: {plain._one_line(str(e))}")
+            self.get_logger().error(f"configure failed: {one_line(str(e))}")
             self._cleanup()
             return TransitionCallbackReturn.FAILURE
         except StopRequested:
@@ -62,7 +63,7 @@ class CassLifecycleNode(CassNodeBase, LifecycleNode):
             raise
         except Exception as e:  # noqa: BLE001 - one line, the node stays unconfigured
             self.get_logger().error(f"configure failed: {type(e).__name__}: "
-                                    f"{plain._one_line(str(e))}")
+                                    f"{one_line(str(e))}")
             self._cleanup()
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS

@@ -28,13 +28,11 @@ CassNode runs the first three in its constructor.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import rclpy
@@ -48,44 +46,38 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import String
 
-from cass_ros.msg import ClassTable, InstanceArray, ObjectPresenceArray
 
 from ..core.config import CassConfig, ConfigError
 from ..core.prompt_session import ActivePrompts
 from ..core.prompts import PromptError, PromptSet, check_prompt_set, parse_prompt_text
-from ..core.visualize import write_color_table
-from . import depth_wiring, log_bridge, mapper_outputs, memory
+from . import depth_wiring, entities, log_bridge, mapper_outputs, memory
+from .announcer import Announcer
 from . import params as node_params
 from .cameras import Camera, CameraBoard
 from .depth_input import DepthInput
 from .diagnostics import Facts, diagnostic_array, summary_line
-from .frame_worker import CameraOutputs, FrameWorker, ImageMsg
+from .frame_worker import FrameWorker, ImageMsg
 from .image_conversion import cv_bridge_available
 from .in_force import InForce
-from .messages import class_table_msg
+from .model_setup import StartupError, load_segmenter, log_preset, one_line, warm_up
 from .prompt_worker import PromptWorker, keeping
+from .publishers import LATCHED_QOS, OUT_IMAGE_QOS, PROMPTS_QOS, camera_outputs
 from .query_service import QueryServices
 from .stopping import StopRequested, StopSignals, quick_exit
-from .vision import label_info_msg, vision_msgs_missing
+from .vision import vision_msgs_missing
 
-if TYPE_CHECKING:  # torch loads in _load_segmenter, after the parameter checks
-    from ..core.segmenter import Segmenter
+if TYPE_CHECKING:  # torch loads in model_setup.load_segmenter, after the parameter checks
+    pass
 
 NODE_NAME = "cass_node"
 DIAG_PERIOD_S = 1.0        # /diagnostics
 SUMMARY_PERIOD_S = 5.0     # the summary line in the log
 DEACTIVATE_WAIT_S = 30.0   # deactivate waits this long for the batch in progress
 
-# QoS of docs/ros-interface.md, QoS.
+# QoS of docs/ros-interface.md, QoS (publishers.py).
 _RELIABLE = ReliabilityPolicy.RELIABLE
-OUT_IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=_RELIABLE)
-OUT_OBJECTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=_RELIABLE)
-LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=_RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-PROMPTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=_RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
 # rclpy >= Iron passes MessageInfo (with sequence numbers) to two-argument
 # callbacks; it lets the node count frames that DDS replaced in its
 # keep-last-1 queue before the callback saw them (Kilted names the type
@@ -100,20 +92,6 @@ def image_qos(runtime: node_params.RuntimeParams) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE,
                       reliability=_RELIABLE if runtime.image_qos == "reliable"
                       else ReliabilityPolicy.BEST_EFFORT)
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message is one line naming the parameter."""
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def names_prompts(prompts: Sequence[str], classes_file: str) -> bool:
-    """Whether the prompt parameters ask for classes at all; when they do
-    not, the node waits for prompts instead of failing."""
-    return any(str(p).strip() for p in prompts) or bool(classes_file)
 
 
 class CassNodeBase(Node):
@@ -149,7 +127,7 @@ class CassNodeBase(Node):
                 step()
         except (ConfigError, PromptError) as e:
             self.destroy_node()
-            raise StartupError(_one_line(str(e))) from None
+            raise StartupError(one_line(str(e))) from None
         except BaseException as e:
             stopping = self._stopping()
             self.destroy_node()
@@ -181,9 +159,9 @@ class CassNodeBase(Node):
         self._prompt_values = {"prompts": list(config.prompts),
                                "classes_file": config.classes_file,
                                "background_classes": list(config.background_classes)}
-        self._log_preset(config)
+        log_preset(config, self.get_logger())
         self._check_stop()
-        segmenter = self._load_segmenter(config)
+        segmenter = load_segmenter(config)
         self.get_logger().info(f"model: {segmenter.describe()}")
         in_force = InForce(segmenter, runtime)
         if initial is not None:
@@ -192,9 +170,9 @@ class CassNodeBase(Node):
             in_force.session.activate(segmenter, initial)
         if config.compile != "none":
             self._check_stop()
-            self._warm_up(segmenter, runtime)
+            warm_up(segmenter, len(runtime.image_topics), self.get_logger())
         self._check_stop()
-        with self._created(self._configured_entities):
+        with entities.created(self, self._configured_entities):
             self._make_interfaces(runtime)
         self._in_force = in_force
         self._write_color_table(in_force.session.active)
@@ -207,7 +185,7 @@ class CassNodeBase(Node):
         runtime = self._in_force.runtime
         msg_type = CompressedImage if runtime.image_transport == "compressed" else Image
         qos = image_qos(runtime)
-        with self._created(self._active_entities):
+        with entities.created(self, self._active_entities):
             self._subscriptions_in = [self._subscribe_camera(cam, msg_type, qos)
                                       for cam in self._board.cameras]
             if self._depth is not None:
@@ -221,7 +199,7 @@ class CassNodeBase(Node):
         nothing is published afterwards), unsubscribe, and hand the cached
         CUDA memory back."""
         self._active = False
-        self._destroy(self._active_entities)
+        entities.destroy(self, self._active_entities)
         self._subscriptions_in = []
         self._frames_stop.set()
         if self._board is not None:
@@ -247,79 +225,22 @@ class CassNodeBase(Node):
                 self.get_logger().warning("a prompt encoding is still running: its memory "
                                           "is freed when it ends")
         device = self._in_force.segmenter.device if self._in_force else None
-        self._destroy(self._configured_entities)
+        entities.destroy(self, self._configured_entities)
         self._prompts = self._in_force = self._board = self._frames = self._depth = None
         self._infos = self._queries = None
         self._outputs = []
         memory.release(device, trim=True)
 
-    # Node's entity lists and how each kind is destroyed.
-    _ENTITY_KINDS = (("publishers", "destroy_publisher"), ("subscriptions", "destroy_subscription"),
-                     ("timers", "destroy_timer"), ("clients", "destroy_client"),
-                     ("services", "destroy_service"))
-
-    @contextlib.contextmanager
-    def _created(self, into: list[tuple[str, Any]]) -> Iterator[None]:
-        """Collect every ROS entity the block creates, as (destroy method
-        name, entity), so that the inverse step (``_destroy``) removes
-        exactly those, also what other parts add in _make_interfaces or
-        _start_workers."""
-        before = {id(e) for kind, _ in self._ENTITY_KINDS for e in getattr(self, kind)}
-        try:
-            yield
-        finally:
-            into.extend((destroy, e) for kind, destroy in self._ENTITY_KINDS
-                        for e in list(getattr(self, kind)) if id(e) not in before)
-
-    def _destroy(self, entities: list[tuple[str, Any]]) -> None:
-        for destroy, entity in reversed(entities):
-            getattr(self, destroy)(entity)
-        entities.clear()
-
-    def _warm_up(self, segmenter: Segmenter, runtime: node_params.RuntimeParams) -> None:
-        """``compile``: the compiled trunks are built before "ready", for a
-        640 x 480 frame alone and for one from every camera in one batch
-        (docs/ros-interface.md, Model)."""
-        batches = (1, len(runtime.image_topics))
-        self.get_logger().info(f"compile {segmenter.config.compile}: warming up (a first "
-                               "compilation takes tens of seconds)")
-        seconds = segmenter.warm_up(batches=batches)
-        self.get_logger().info(f"warm-up done in {seconds:.1f} s")
-
     @staticmethod
     def _initial_prompt_set(config: CassConfig) -> PromptSet | None:
         """The start-up prompt set; None when none is asked for (wait)."""
-        if not names_prompts(config.prompts, config.classes_file):
+        if not node_params.names_prompts(config.prompts, config.classes_file):
             return None
         return check_prompt_set(node_params.prompt_set_from_values(config, {}))
 
-    def _log_preset(self, config: CassConfig) -> None:
-        changes = node_params.changed_from_preset(config) if config.preset else {}
-        if changes:
-            self.get_logger().info(f"preset '{config.preset}' sets "
-                                   + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
-
-    def _load_segmenter(self, config: CassConfig) -> Segmenter:
-        # Imported here, not at the top: the segmenter imports torch, and
-        # importing this module must stay quick (parameter errors in a second).
-        from ..core.models import WeightsError
-        from ..core.segmenter import Segmenter
-
-        try:
-            return Segmenter(config)
-        except (ConfigError, WeightsError) as e:
-            raise StartupError(_one_line(str(e))) from None
-        except Exception as e:  # noqa: BLE001 - one line at start-up, not a traceback
-            if os.environ.get("CASS_ROS_DEBUG"):
-                raise
-            raise StartupError(_one_line(
-                f"cannot load the models ({type(e).__name__}: {e}); check 'clip_model', "
-                "'clip_weights', 'dino_model', 'dino_weights' and 'device' "
-                "(CASS_ROS_DEBUG=1 shows the traceback)")) from None
-
     def _make_interfaces(self, runtime: node_params.RuntimeParams) -> None:
         # Relative names: /cass/... in the root namespace, /<ns>/cass/... in a namespace.
-        self._pub_classes = self.create_publisher(ClassTable, "cass/classes", LATCHED_QOS)
+        self._announcer = Announcer(self, LATCHED_QOS)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         compressed = runtime.image_transport == "compressed"
         topics = [t.rstrip("/") + "/compressed" if compressed else t for t in runtime.image_topics]
@@ -328,8 +249,7 @@ class CassNodeBase(Node):
         if self._vision_off is not None:
             self.get_logger().warning("/cass/<cam>/detections and /cass/<cam>/label_info are "
                                       f"off: {self._vision_off}")
-        self._class_header: Header | None = None      # of the class table in force
-        self._outputs = [self._camera_outputs(cam) for cam in self._board.cameras]
+        self._outputs = [camera_outputs(self, cam, self._vision_off) for cam in self._board.cameras]
         self._depth, self._outputs = depth_wiring.attach(self, runtime, self._board.cameras,
                                                          self._outputs)
         self._infos, self._outputs = mapper_outputs.attach(self, runtime, self._board.cameras,
@@ -337,29 +257,6 @@ class CassNodeBase(Node):
         self._queries = QueryServices(self, self._board.cameras, lambda: self._in_force,
                                       lambda: self._prompt_values["background_classes"],
                                       runtime.vocabulary_file)
-
-    def _camera_outputs(self, cam: Camera[ImageMsg]) -> CameraOutputs:
-        base = f"cass/{cam.name}"
-        return CameraOutputs(
-            labels=self.create_publisher(Image, f"{base}/segmentation", OUT_IMAGE_QOS),
-            color=self.create_publisher(Image, f"{base}/segmentation/color", OUT_IMAGE_QOS),
-            objects=self.create_publisher(ObjectPresenceArray, f"{base}/objects",
-                                          OUT_OBJECTS_QOS),
-            instances=self.create_publisher(Image, f"{base}/instances", OUT_IMAGE_QOS),
-            instance_objects=self.create_publisher(InstanceArray, f"{base}/instance_objects",
-                                                   OUT_OBJECTS_QOS),
-            **self._vision_outputs(base))
-
-    def _vision_outputs(self, base: str) -> dict[str, Any]:
-        """The vision_msgs publishers of a camera (vision.py); none without it."""
-        if self._vision_off is not None:
-            return {}
-        from vision_msgs.msg import Detection2DArray, LabelInfo
-
-        return {"detections": self.create_publisher(Detection2DArray, f"{base}/detections",
-                                                    OUT_OBJECTS_QOS),
-                "label_info": self.create_publisher(LabelInfo, f"{base}/label_info",
-                                                    LATCHED_QOS)}
 
     def _subscribe_camera(self, cam: Camera[ImageMsg], msg_type: type[ImageMsg],
                           qos: QoSProfile) -> Subscription:
@@ -444,7 +341,7 @@ class CassNodeBase(Node):
             runtime, prompt_set, config = self._check_changes(changes)
             new_prompts = prompt_set is not None and self._in_force.session.request(prompt_set)
         except (ConfigError, PromptError) as e:
-            reason = _one_line(str(e))
+            reason = one_line(str(e))
             self.get_logger().warning(f"parameter change rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         self._in_force.set_runtime(runtime)
@@ -467,27 +364,16 @@ class CassNodeBase(Node):
             values = dict(node_params.read_all(self), **changes)
             self._initial_prompt_set(node_params.settings_from_values(values)[0])
         except (ConfigError, PromptError) as e:
-            reason = _one_line(str(e))
+            reason = one_line(str(e))
             self.get_logger().warning(f"parameter change rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
     def _check_changes(self, changes: dict[str, Any]
                        ) -> tuple[node_params.RuntimeParams, PromptSet | None, CassConfig | None]:
-        """Validated (runtime, new prompt set or None, new config or None);
-        ConfigError / PromptError say why not."""
-        current = dict(dataclasses.asdict(self._in_force.runtime), **self._prompt_values)
-        merged = dict(self._prompt_values,
-                      **{k: v for k, v in changes.items() if k in node_params.PROMPT_NAMES})
-        if self._in_force.waiting and not names_prompts(merged["prompts"],
-                                                        merged["classes_file"]):
-            # Still no prompts asked for (e.g. background_classes set first):
-            # noted, nothing to prepare, and not an error while waiting.
-            others = {k: v for k, v in changes.items() if k not in node_params.PROMPT_NAMES}
-            runtime, prompt_set = node_params.check_change(current, others)[0], None
-        else:
-            runtime, prompt_set = node_params.check_change(current, changes)
-        return runtime, prompt_set, node_params.check_config_change(self.config, changes)
+        return node_params.check_node_change(
+            dict(dataclasses.asdict(self._in_force.runtime), **self._prompt_values),
+            self._in_force.waiting, self.config, changes)
 
     def _announce(self, active: ActivePrompts) -> None:
         """On the prompt thread, once a set is active: the class table, and
@@ -500,40 +386,22 @@ class CassNodeBase(Node):
             self._board.wake()
 
     def _publish_class_table(self, active: ActivePrompts) -> None:
-        header = Header()
-        header.stamp = self.get_clock().now().to_msg()
-        self._pub_classes.publish(class_table_msg(active.prompt_set, active.prompt_id, header))
-        self._class_header = header
-        self._publish_label_info()
+        self._announcer.class_table(active, self._publish_label_info)
 
     def _write_color_table(self, active: ActivePrompts | None) -> None:
-        """``color_table_file``: the class colours as CSV, rewritten with
-        every prompt set (and when the parameter changes). A file that cannot
-        be written is logged, never fatal."""
         path = self._in_force.runtime.color_table_file if self._in_force else ""
-        if not path or active is None:
-            return
-        try:
-            write_color_table(path, active.class_names, active.colors)
-        except OSError as e:
-            self.get_logger().warning(f"color_table_file: cannot write {path!r}: {e}")
+        self._announcer.color_table(path, active)
 
     def _publish_label_info(self) -> None:
-        """/cass/<cam>/label_info (latched): the class map in force with the
-        prob_threshold in force, under the class table's header (its stamp
-        ties the two); again after a settings change. Not while inactive:
+        """Again after a settings change (prob_threshold); not while inactive:
         activation publishes it with the class table."""
         in_force = self._in_force
         if not self._active or in_force is None:
             return
-        active, header = in_force.session.active, self._class_header
-        publishers = [out.label_info for out in self._outputs if out.label_info is not None]
-        if active is None or header is None or not publishers:
-            return
-        threshold = in_force.segmenter.config.prob_threshold
-        msg = label_info_msg(active.prompt_set, header, threshold)
-        for pub in publishers:
-            pub.publish(msg)
+        self._announcer.label_info(
+            in_force.session.active,
+            [out.label_info for out in self._outputs if out.label_info is not None],
+            in_force.segmenter.config.prob_threshold)
 
     # ------------------------------------------------------------ diagnostics
 

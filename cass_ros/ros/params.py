@@ -550,6 +550,30 @@ def check_change(current: Mapping[str, Any], changes: Mapping[str, Any]
     return runtime, prompt_set
 
 
+def names_prompts(prompts: Sequence[str], classes_file: str) -> bool:
+    """Whether the prompt parameters ask for classes at all; when they do
+    not, the node waits for prompts instead of failing."""
+    return any(str(p).strip() for p in prompts) or bool(classes_file)
+
+
+def check_node_change(current: Mapping[str, Any], waiting: bool, config: CassConfig,
+                      changes: Mapping[str, Any]
+                      ) -> tuple[RuntimeParams, PromptSet | None, CassConfig | None]:
+    """A running node's parameter change, validated: (runtime, new prompt
+    set or None, new segmenter config or None). ``current``: the runtime
+    parameters and prompt parameters in force; ``waiting``: no prompt set
+    accepted yet. ConfigError / PromptError say why not (old values stay)."""
+    merged = {n: changes.get(n, current.get(n)) for n in PROMPT_NAMES}
+    if waiting and not names_prompts(merged["prompts"] or [], merged["classes_file"] or ""):
+        # Still no prompts asked for (e.g. background_classes set first):
+        # noted, nothing to prepare, and not an error while waiting.
+        others = {k: v for k, v in changes.items() if k not in PROMPT_NAMES}
+        runtime, prompt_set = check_change(current, others)[0], None
+    else:
+        runtime, prompt_set = check_change(current, changes)
+    return runtime, prompt_set, check_config_change(config, changes)
+
+
 def check_config_change(config: CassConfig, changes: Mapping[str, Any]) -> CassConfig | None:
     """The segmenter configuration after a run-time change of algorithm
     parameters (None when none of ``changes`` is one). Raises ConfigError
@@ -576,7 +600,7 @@ __all__ = [
     "RUNTIME_NAMES", "PROMPT_NAMES", "camera_name_from_topic", "camera_names_for",
     "declare_all", "read_all", "settings_from_values", "config_from_values",
     "runtime_from_values", "prompt_set_from_values", "check_change", "check_prompt_set",
-    "check_config_change", "ALGORITHM_NAMES",
+    "check_config_change", "check_node_change", "names_prompts", "ALGORITHM_NAMES",
     "descriptor_for", "config_param_spec", "NODE_PARAM_SPECS", "camera_info_topic",
     "ConfigError", "PromptError",
 ]

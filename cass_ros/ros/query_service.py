@@ -23,13 +23,13 @@ from cass_ros.srv import Describe, Query
 
 from ..core.config import ConfigError
 from ..core.prompts import PromptError, check_prompt_set, prompt_set_from_settings
-from ..core.queries.describe import describe, name_labels
-from ..core.queries.features import ImageFeatures
-from ..core.queries.vocabulary import VOCABULARY_FILE, VocabularyEncoder, read_vocabulary
+from ..core.prompts import read_classes_file
 from .in_force import InForce
 from .messages import label_image_msg, objects_msg
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # torch: imported where a query needs it, after the parameter checks
+    from ..core.queries.features import ImageFeatures
+    from ..core.queries.vocabulary import VocabularyEncoder
     from .cameras import Camera
 
 DEFAULT_TOP_K = 10
@@ -73,10 +73,10 @@ class QueryServices:
         self._cameras = list(cameras)
         self._in_force = in_force
         self._background = background
-        self._vocabulary_file = vocabulary_file or str(VOCABULARY_FILE)
+        self._vocabulary_file = vocabulary_file
         if vocabulary_file:         # a bad file fails at start-up, not at the first call
             try:
-                read_vocabulary(vocabulary_file)
+                read_classes_file(vocabulary_file)
             except PromptError as e:
                 raise ConfigError(f"parameter 'vocabulary_file': {e}") from None
         self._vocabulary: VocabularyEncoder | None = None
@@ -110,6 +110,8 @@ class QueryServices:
         return response
 
     def _on_describe(self, request: Any, response: Any) -> Any:
+        from ..core.queries.describe import describe
+
         try:
             frame, in_force = self._frame(request.camera)
             entries, text = self._entries(request, response, in_force)
@@ -149,6 +151,9 @@ class QueryServices:
     def _entries(self, request: Any, response: Any, in_force: InForce
                  ) -> tuple[list[tuple[str, ...]], Any]:
         """The vocabulary to rank and its text embeddings."""
+        from ..core.queries.describe import name_labels
+        from ..core.queries.vocabulary import VOCABULARY_FILE, VocabularyEncoder, read_vocabulary
+
         embedder = in_force.segmenter.text_embedder
         if request.names:
             entries = [tuple(n.strip() for n in e.split("|") if n.strip()) for e in request.names]
@@ -158,7 +163,8 @@ class QueryServices:
             response.encoded = response.total = len(set(names))
             return entries, embedder.encode(names)
         if self._vocabulary is None:      # encoded once, at the first call
-            self._vocabulary = VocabularyEncoder(embedder, read_vocabulary(self._vocabulary_file))
+            self._vocabulary = VocabularyEncoder(
+                embedder, read_vocabulary(self._vocabulary_file or VOCABULARY_FILE))
             self._vocabulary.start()
         vocabulary = self._vocabulary
         response.encoded, response.total = vocabulary.progress()

@@ -230,8 +230,8 @@ def test_cloud_message_layout_and_round_trip() -> None:
     assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
         ("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1),
         ("z", 8, PointField.FLOAT32, 1), ("label", 12, PointField.UINT32, 1),
-        ("confidence", 16, PointField.FLOAT32, 1)]
-    assert (msg.point_step, msg.row_step, msg.is_dense, msg.is_bigendian) == (20, 940, True, False)
+        ("confidence", 16, PointField.FLOAT32, 1), ("rgb", 20, PointField.FLOAT32, 1)]
+    assert (msg.point_step, msg.row_step, msg.is_dense, msg.is_bigendian) == (24, 1128, True, False)
     back = cloud_points(msg)
     np.testing.assert_array_equal(back, pts)
     # x of pixel (u=7, v=5) with depth 2: (7 - 3.5) / 100 * 2
