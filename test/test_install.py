@@ -20,7 +20,8 @@ site-packages, so that its numpy 1.26 wins. Into it:
   line what is missing (no rclpy; no built messages) and exit 2.
 
 And, without any install: every third-party import of the package is
-declared, in package.xml (a rosdep key) or in requirements-ros.txt.
+declared, in package.xml (a rosdep key) or in requirements-ros.txt (Ray, for
+cass_fleet alone, in setup.cfg's ``fleet`` extra).
 
 Needs the package index (PyPI or the machine's mirror) for numpy 1.26.4
 and open_clip_torch; skips, with the reason, where it cannot be reached.
@@ -362,7 +363,12 @@ DECLARED_BY = {
     "launch": "launch",
     "launch_ros": "launch_ros",
     "ament_index_python": "ament_index_python",
+    "matplotlib": "python3-matplotlib",    # cass_fleet's report
+    "ray": "setup.cfg[fleet]:ray",         # no rosdep key; not for the robot's install
 }
+# What setup.cfg's `fleet` extra alone declares may be imported only here:
+# requirements-ros.txt is installed whole on a robot, which needs no Ray.
+FLEET_ONLY = "cass_ros/fleet/"
 
 
 def _sources() -> list[Path]:
@@ -397,6 +403,13 @@ def declared() -> set[str]:
         line = line.split("#", 1)[0].strip()
         if line:
             keys.add(f"requirements-ros.txt:{Requirement(line).name}")
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    for line in cfg["options.extras_require"]["fleet"].split("\n"):
+        if line.strip():
+            keys.add(f"setup.cfg[fleet]:{Requirement(line.strip()).name}")
     return keys
 
 
@@ -410,3 +423,7 @@ def test_every_third_party_import_is_declared() -> None:
     keys = declared()
     undeclared = {m: DECLARED_BY[m] for m in imports if DECLARED_BY[m] not in keys}
     assert not undeclared, f"mapped but not in package.xml / requirements-ros.txt: {undeclared}"
+    fleet_only = {m: files for m, files in imports.items()
+                  if DECLARED_BY[m].startswith("setup.cfg[fleet]:")
+                  and any(not f.startswith(FLEET_ONLY) for f in files)}
+    assert not fleet_only, f"imported outside {FLEET_ONLY} but only in the fleet extra: {fleet_only}"

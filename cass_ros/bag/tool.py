@@ -109,7 +109,7 @@ class BagToolOptions:
     # cass_fleet only (module docstring); the defaults are cass_bag's behaviour.
     # frame_range (start, stop): the frames at positions start..stop-1 of the
     # chosen topics, in bag order, and the other messages between them.
-    frame_range: tuple[int, int] | None = None
+    frame_range: tuple[int, int | None] | None = None  # stop None: to the end
     prefetch: int = 0              # decoded frames a reading thread keeps ahead; 0: none
     on_frame: Callable[[], None] | None = None  # called per frame read (progress)
 
@@ -527,7 +527,8 @@ def _process(ctx: _Run, bag: bag_io.InputBag, plan: _Plan) -> None:
     opts = ctx.opts
     total = plan.frames
     if opts.frame_range is not None:
-        total = max(0, min(opts.frame_range[1], total) - opts.frame_range[0])
+        first, end = opts.frame_range
+        total = max(0, (total if end is None else min(end, total)) - first)
     events = _events(ctx, bag.messages(wanted), plan)
     stop = threading.Event()
     if opts.prefetch > 0:

@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXECUTABLES = {"cass_node": "cass_ros.ros.node", "cass_bag": "cass_ros.cli.bag",
                "cass_lifecycle_node": "cass_ros.ros.lifecycle_node",
-               "cass_segment": "cass_ros.cli.segment", "cass_eval": "cass_ros.cli.eval"}
+               "cass_segment": "cass_ros.cli.segment", "cass_eval": "cass_ros.cli.eval",
+               "cass_fleet": "cass_ros.cli.fleet"}
 
 
 def _deps(root: ET.Element, tag: str) -> set[str]:

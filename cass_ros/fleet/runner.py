@@ -1,0 +1,512 @@
+"""cass_fleet's run on Ray: cass_bag's pipeline over many bags at once
+(docs/ros-interface.md, cass_fleet; README, "cass_fleet").
+
+Ray is imported here only, and inside the functions that use it, so that
+``cass_fleet --help``, a bad argument and a refused DIR answer without it.
+
+Design:
+
+- The driver (this process) finds the bags, opens each once to plan it
+  (``bag.tool.plan_bag``: the settings and topics checked, the frames
+  counted; no model), writes the manifest, and hands out jobs: a bag, or a
+  chunk of one (``chunks.frame_ranges``). It never reads frames.
+- Workers are Ray actors (``FleetWorker``), each loading the segmenter once
+  (``bag.tool.load_segmenter``) and keeping it, its text-embedding cache
+  with it, for every job it gets: one per GPU with ``--gpus-per-worker 1``,
+  else ``--workers`` of them sharing the CPUs (each gets its share of them
+  as Ray resources and as torch threads). A job is ``bag.tool.run`` on an
+  already-loaded segmenter: cass_bag's own code writes the output bag.
+- Reading and decoding run in a thread inside each worker
+  (``BagToolOptions.prefetch``), a few frames ahead of the model, rather
+  than in separate Ray tasks. Why: a Ray task per bag would need its own CPU
+  resource beside the actors' (on a 2-CPU machine with two actors nothing
+  would be left to run it, a deadlock unless it asks for none, and then it
+  oversubscribes the same cores anyway), every frame would be copied into
+  the object store and out again, and a lost reader would fail a bag the
+  worker is fine with. The thread costs none of that: decoding (OpenCV,
+  rosbags' deserialisation into numpy views) and the model (torch) release
+  the GIL, so they overlap as tasks would; the queue between them is
+  bounded, so a fast reader never fills the memory. The only Ray resources
+  are the actors', so no run waits for a resource it holds.
+- Each job writes into ``DIR/.fleet_tmp/``; a bag's output is moved to
+  ``DIR/<output>/`` by one rename once it is complete (its chunks joined in
+  order, ``chunks.join_bags``), and only then is it marked "done" in the
+  manifest; a bag is marked "running" before its first job goes out.
+- A failing bag (unreadable, no prompts, a bad frame stream) is recorded
+  "failed" with cass_bag's one-line reason and the others go on; a lost
+  worker fails the bag it had and is replaced. Ctrl-C (KeyboardInterrupt)
+  stops the workers, leaves the running bags "running" (not done: the next
+  run does them again) and the manifest "interrupted".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..bag import io as bag_io
+from ..bag import tool as bag_tool
+from ..core.config import ConfigError, read_settings_file
+from ..core.prompts import PromptError
+from ..ros import params as node_params
+from . import chunks
+from .inputs import BagInput
+from .manifest import TMP_NAME, Manifest, fingerprint
+
+log = logging.getLogger("cass_fleet")
+
+PREFETCH = 8                    # decoded frames a worker reads ahead of its model
+POLL_S = 0.5                    # progress and completion polling
+READY_TIMEOUT_S = 900.0         # workers that cannot be placed or load no model
+_BAG_ERRORS = (bag_io.BagError, ConfigError, PromptError)
+
+
+@dataclass
+class FleetOptions:
+    """What ``cass_fleet`` is asked to do (the command line, as data)."""
+
+    inputs: list[BagInput]
+    out: Path
+    params_file: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # --set
+    topics: list[str] = field(default_factory=list)
+    storage: str = "mcap"
+    color: bool = True
+    copy_input: bool = False
+    overlays: bool = False          # DIR/<output>/overlays/
+    summary: str | None = None      # "json" | "jsonl" | "csv": DIR/<output>/summary.<fmt>
+    address: str | None = None      # None: a local Ray instance; "auto" or HOST:PORT
+    workers: int | None = None      # None: one per GPU group, or one on CPUs
+    gpus_per_worker: float = 0.0
+    batch: int = 1
+    chunk_frames: int = 0           # 0: never split a bag
+    retry_failed: bool = False
+    # (frames so far, frames in all, bags ended, bags in all)
+    progress: Callable[[int, int, int, int], None] | None = None
+    stop_after: int | None = None   # tests: stop as Ctrl-C would after N bags ended
+
+
+@dataclass
+class FleetResult:
+    done: int = 0                   # bags done by this run
+    failed: int = 0                 # bags failed in this run
+    skipped: int = 0                # done (or failed) before, not run again
+    frames: int = 0                 # frames segmented by this run
+    seconds: float = 0.0
+    interrupted: bool = False
+    workers: int = 0
+
+
+# ---------------------------------------------------------------- settings
+
+
+def bag_options(fo: FleetOptions) -> bag_tool.BagToolOptions:
+    """cass_bag's options for every bag (input and outputs set per job)."""
+    return bag_tool.BagToolOptions(
+        input_bag=Path("."), out=Path("."), params_file=fo.params_file, topics=list(fo.topics),
+        settings=dict(fo.settings), storage=fo.storage, color=fo.color,
+        copy_input=fo.copy_input, progress=False, batch=fo.batch, prefetch=PREFETCH)
+
+
+def check_settings(fo: FleetOptions) -> None:
+    """The settings as cass_bag checks them, and the fleet's own flags;
+    raises ConfigError / PromptError with one line."""
+    if fo.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, not {fo.batch}")
+    if fo.chunk_frames < 0:
+        raise ConfigError(f"--chunk-frames must be >= 0, not {fo.chunk_frames}")
+    if fo.workers is not None and fo.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, not {fo.workers}")
+    if fo.gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must be >= 0, not {fo.gpus_per_worker}")
+    if fo.storage not in bag_io.STORAGES:
+        raise ConfigError(f"unknown storage {fo.storage!r}")
+    why = bag_tool.chunking_refused(bag_options(fo))  # reads and checks the settings
+    if why and fo.chunk_frames > 0:
+        raise ConfigError(f"--chunk-frames: {why}")
+    out = fo.out.absolute()
+    for bag in fo.inputs:
+        if bag.path == out or bag.path.is_relative_to(out) or out.is_relative_to(bag.path):
+            raise ConfigError(f"input {bag.path} and --out {fo.out} overlap")
+
+
+def fleet_fingerprint(fo: FleetOptions) -> dict[str, Any]:
+    """Everything that defines the outputs (manifest module docstring)."""
+    values = {name: spec.default for name, spec in node_params.SPECS.items()}
+    if fo.params_file is not None:
+        values.update(read_settings_file(fo.params_file))
+    values.update(fo.settings)
+    outputs = {"topics": list(fo.topics), "storage": fo.storage, "color": fo.color,
+               "copy_input": fo.copy_input, "overlays": fo.overlays, "summary": fo.summary}
+    return fingerprint(__version__, values, outputs)
+
+
+# ---------------------------------------------------------------- the worker (a Ray actor)
+
+
+class FleetWorker:
+    """A segmenter kept for many jobs (module docstring). Ray makes it an
+    actor (``_worker_class``); two of its methods may run at once
+    (``frames_read`` while ``run`` works), never two ``run``."""
+
+    def __init__(self, base: bag_tool.BagToolOptions, threads: int) -> None:
+        logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
+        self.base = base
+        self.frames = 0
+        self.error = ""
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+            self.segmenter = bag_tool.load_segmenter(base)
+        except Exception as e:  # noqa: BLE001 - said by ready(), the run stops with it
+            self.error = _one_line(e)
+
+    def ready(self) -> str:
+        """"" when the model is loaded, else why not."""
+        return self.error
+
+    def frames_read(self) -> int:
+        return self.frames
+
+    def _tick(self) -> None:
+        self.frames += 1
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """One bag or chunk: {"ok": True, "report": ...} or {"ok": False, "reason": ...}."""
+        opts = replace(self.base, input_bag=Path(job["input"]), out=Path(job["out"]),
+                       overlays=Path(job["overlays"]) if job["overlays"] else None,
+                       summary=Path(job["summary"]) if job["summary"] else None,
+                       frame_range=job["range"], on_frame=self._tick)
+        try:
+            report = bag_tool.run(opts, self.segmenter)
+        except _BAG_ERRORS as e:
+            return {"ok": False, "reason": _one_line(e)}
+        except Exception as e:  # noqa: BLE001 - one bag's failure, recorded; the run goes on
+            return {"ok": False, "reason": f"{type(e).__name__}: {_one_line(e)}"}
+        return {"ok": True, "report": {
+            "frames_in": report.frames_in, "frames_out": report.frames_out,
+            "frames_bad": report.frames_bad, "frames_without_prompts": report.frames_without_prompts,
+            "prompts_accepted": report.prompts_accepted,
+            "prompts_rejected": report.prompts_rejected, "prompt_ids": report.prompt_ids,
+            "seconds": report.seconds}}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _worker_class() -> Any:
+    import ray
+
+    return ray.remote(FleetWorker)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+@dataclass
+class _Bag:
+    """A bag of this run: its plan, its chunks and what came back."""
+
+    bag: BagInput
+    tmp: Path
+    plan: bag_tool.BagPlan
+    ranges: list[tuple[int, int | None]]
+    results: list[dict[str, Any] | None] = field(default_factory=list)
+    failed: str = ""
+    started: bool = False
+
+    def part(self, k: int) -> Path:
+        return self.tmp / f"part{k:04d}"
+
+
+@dataclass
+class _Job:
+    bag: _Bag
+    k: int                          # chunk index
+
+
+def connect(address: str | None) -> bool:
+    """Ray: an instance already there (tests), the cluster at ``address``,
+    or a new local one; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # The workers' logs would break the progress bar: their failures come
+    # back as results, and the manifest records them.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(address="local", **kwargs)
+    return True
+
+
+def _placement(fo: FleetOptions) -> tuple[int, float, float, int]:
+    """(workers, CPUs each, GPUs each, torch threads each) on this cluster."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    node_cpus = max((float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]),
+                    default=cpus)
+    g = fo.gpus_per_worker
+    if g > 0:
+        if gpus < g:
+            raise ConfigError(f"--gpus-per-worker {g:g}: the Ray cluster has {gpus:g} GPU(s)")
+        n = fo.workers or max(1, int(gpus // g))
+        return n, 1.0, g, 1
+    n = fo.workers or 1
+    if n > cpus:
+        raise ConfigError(f"--workers {n}: the Ray cluster has {cpus:g} CPU(s), one per worker "
+                          "at least")
+    each = min(node_cpus, cpus / n)
+    each = float(int(each)) if each >= 1 else each
+    return n, each, 0.0, max(1, int(each))
+
+
+class _Pool:
+    """The workers; a lost one is replaced."""
+
+    def __init__(self, fo: FleetOptions, base: bag_tool.BagToolOptions) -> None:
+        self.n, self.cpus, self.gpus, self.threads = _placement(fo)
+        self.base = base
+        self.cls = _worker_class().options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                           max_concurrency=2, max_restarts=0)
+        self.actors = [self._new() for _ in range(self.n)]
+        self.lost_frames = 0        # frames read by workers since lost
+
+    def _new(self) -> Any:
+        return self.cls.remote(self.base, self.threads)
+
+    def wait_ready(self) -> None:
+        import ray
+
+        errors = ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT_S)
+        bad = [e for e in errors if e]
+        if bad:
+            raise ConfigError(f"the workers cannot load the model: {bad[0]}")
+
+    def replace(self, i: int) -> None:
+        import ray
+
+        ray.kill(self.actors[i], no_restart=True)
+        self.actors[i] = self._new()
+
+    def frames(self, last: list[int]) -> int:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayError
+
+        refs = [a.frames_read.remote() for a in self.actors]
+        try:
+            got = ray.get(refs, timeout=5)
+        except (GetTimeoutError, RayError):
+            return sum(last)
+        last[:] = got
+        return sum(got) + self.lost_frames
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            with contextlib.suppress(Exception):  # already gone
+                ray.kill(a, no_restart=True)
+
+
+def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
+    """Run the bags of ``fo`` the manifest does not hold as done (its
+    resume rules), recording each as it ends. KeyboardInterrupt (or
+    ``stop_after``) ends the run early: the result says ``interrupted``."""
+    result = FleetResult()
+    base = bag_options(fo)
+    tmp_root = fo.out / TMP_NAME
+    shutil.rmtree(tmp_root, ignore_errors=True)  # a killed run's partial outputs
+    todo = manifest.todo(fo.inputs, fo.retry_failed)
+    result.skipped = len(fo.inputs) - len(todo)
+    manifest.save()
+    started = time.perf_counter()
+    bags = _plan(fo, base, manifest, todo, tmp_root, result)
+    total = sum(b.plan.frames for b in bags)
+    if fo.progress:
+        fo.progress(0, total, 0, len(bags))
+    if not bags:
+        manifest.finish("finished")
+        result.seconds = time.perf_counter() - started
+        return result
+    started_ray = connect(fo.address)
+    pool = None
+    try:
+        pool = _Pool(fo, base)
+        result.workers = pool.n
+        pool.wait_ready()
+        _drive(fo, manifest, pool, bags, total, result)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        if pool is not None:
+            pool.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        result.seconds = time.perf_counter() - started
+        manifest.finish("interrupted" if result.interrupted else "finished")
+    return result
+
+
+def _plan(fo: FleetOptions, base: bag_tool.BagToolOptions, manifest: Manifest,
+          todo: list[BagInput], tmp_root: Path, result: FleetResult) -> list[_Bag]:
+    """Each bag opened once: its frames and topics, or why it fails."""
+    bags = []
+    for i, bag in enumerate(todo):
+        tmp = tmp_root / f"{i:06d}"
+        try:
+            plan = bag_tool.plan_bag(replace(base, input_bag=bag.path, out=tmp / "plan"))
+        except _BAG_ERRORS as e:
+            manifest.set_status(bag, "failed", reason=_one_line(e), **_empty_fields())
+            result.failed += 1
+            continue
+        ranges = chunks.frame_ranges(plan.frames, fo.chunk_frames)
+        truncated = bool(plan.cut_short)
+        manifest.entry(bag).update(
+            status="pending", truncated=truncated,
+            recovered_messages=plan.message_count if truncated else None,
+            recovered_frames=plan.frames if truncated else None,
+            topics=[{"topic": t, "camera": c, "type": plan.msgtypes[t]}
+                    for t, c in plan.cameras.items()], chunks=len(ranges))
+        manifest.entry(bag).pop("reason", None)
+        bags.append(_Bag(bag, tmp, plan, ranges, [None] * len(ranges)))
+    manifest.save()
+    return bags
+
+
+def _empty_fields() -> dict[str, Any]:
+    return {"truncated": False, "recovered_messages": None, "recovered_frames": None,
+            "frames": 0, "frames_in": 0, "seconds": 0.0, "frames_per_second": None,
+            "topics": [], "prompt_ids": [], "chunks": 0}
+
+
+def _job_spec(fo: FleetOptions, job: _Job) -> dict[str, Any]:
+    part = job.bag.part(job.k)
+    return {"input": str(job.bag.bag.path), "out": str(part / "bag"),
+            "overlays": str(part / "overlays") if fo.overlays else None,
+            "summary": str(part / f"summary.{fo.summary}") if fo.summary else None,
+            "range": None if len(job.bag.ranges) == 1 else job.bag.ranges[job.k]}
+
+
+def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], total: int,
+           result: FleetResult) -> None:
+    """Hand out jobs as workers come free; record each bag as it ends."""
+    import ray
+    from ray.exceptions import RayActorError, RayError
+
+    queue = [_Job(b, k) for b in bags for k in range(len(b.ranges))]
+    queue.reverse()                              # pop() from the end: bag order
+    flying: dict[Any, tuple[int, _Job]] = {}     # ref -> (worker, job)
+    idle = list(range(pool.n))
+    last = [0] * pool.n
+    ended = 0
+    while queue or flying:
+        while queue and idle:
+            i, job = idle.pop(0), queue.pop()
+            if job.bag.failed:
+                idle.insert(0, i)
+                continue
+            if not job.bag.started:
+                job.bag.started = True
+                manifest.set_status(job.bag.bag, "running")
+            flying[pool.actors[i].run.remote(_job_spec(fo, job))] = (i, job)
+        ready, _ = ray.wait(list(flying), num_returns=1, timeout=POLL_S)
+        for ref in ready:
+            i, job = flying.pop(ref)
+            try:
+                got = ray.get(ref)
+            except RayError as e:
+                got = {"ok": False, "reason": f"worker lost: {_one_line(e)}"}
+                if isinstance(e, RayActorError):
+                    pool.lost_frames += last[i]
+                    last[i] = 0
+                    pool.replace(i)
+            idle.append(i)
+            if _record(fo, manifest, job, got, result):
+                ended += 1
+        if fo.progress:
+            fo.progress(pool.frames(last), total, ended, len(bags))
+        if fo.stop_after is not None and ended >= fo.stop_after and (queue or flying):
+            raise KeyboardInterrupt  # the test hook: as Ctrl-C at this point
+
+
+def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any],
+            result: FleetResult) -> bool:
+    """A job's result; True when its bag has ended (done or failed)."""
+    b = job.bag
+    if b.failed:
+        return False                  # already recorded
+    if not got["ok"]:
+        b.failed = got["reason"]
+        manifest.set_status(b.bag, "failed", reason=b.failed, frames=0, seconds=0.0,
+                            frames_per_second=None, prompt_ids=[])
+        shutil.rmtree(b.tmp, ignore_errors=True)
+        result.failed += 1
+        return True
+    b.results[job.k] = got["report"]
+    if any(r is None for r in b.results):
+        return False
+    try:
+        _finish_bag(fo, b)
+    except (OSError, bag_io.BagError) as e:
+        b.failed = f"cannot write the output: {_one_line(e)}"
+        manifest.set_status(b.bag, "failed", reason=b.failed)
+        result.failed += 1
+        return True
+    reports = [r for r in b.results if r is not None]
+    frames = sum(r["frames_out"] for r in reports)
+    seconds = sum(r["seconds"] for r in reports)
+    counts = {k: sum(r[k] for r in reports) for k in
+              ("frames_bad", "frames_without_prompts", "prompts_accepted", "prompts_rejected")}
+    manifest.set_status(
+        b.bag, "done", frames=frames, frames_in=sum(r["frames_in"] for r in reports),
+        seconds=round(seconds, 3), frames_per_second=round(frames / seconds, 3) if seconds else None,
+        prompt_ids=sorted({i for r in reports for i in r["prompt_ids"]}), counts=counts)
+    result.done += 1
+    result.frames += frames
+    return True
+
+
+def _finish_bag(fo: FleetOptions, b: _Bag) -> None:
+    """The parts as one output folder, renamed into DIR/<output>/."""
+    parts = [b.part(k) for k in range(len(b.ranges))]
+    final = b.tmp / "out"
+    if len(parts) == 1:
+        os.replace(parts[0] / "bag", final)
+    else:
+        chunks.join_bags([p / "bag" for p in parts], final, fo.storage)
+    if fo.overlays:
+        chunks.merge_folders([p / "overlays" for p in parts], final / "overlays")
+    if fo.summary:
+        name = f"summary.{fo.summary}"
+        if len(parts) == 1:
+            os.replace(parts[0] / name, final / name)
+        else:
+            chunks.join_summaries([p / name for p in parts], final / name)
+    dest = fo.out / b.bag.output
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)           # a stale output (the manifest said not done)
+    elif dest.exists() or dest.is_symlink():
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(final, dest)
+    shutil.rmtree(b.tmp, ignore_errors=True)
