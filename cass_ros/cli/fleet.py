@@ -133,10 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(args.out, manifest)
     counts = manifest.counts()
     fps = result.frames / result.seconds if result.seconds else 0.0
-    print(f"cass_fleet: {counts['done']} done ({result.done} now, {result.skipped} before), "
-          f"{counts['failed']} failed, {counts['pending'] + counts['running']} left; "
-          f"{result.frames} frames in {result.seconds:.1f} s ({fps:.1f} frames/s, "
-          f"{result.workers} worker(s)) -> {args.out / MANIFEST_NAME}")
+    print(f"cass_fleet: {counts['done']} done, {counts['failed']} failed, "
+          f"{counts['pending'] + counts['running']} left (this run: {result.done} done, "
+          f"{result.failed} failed, {result.skipped} skipped); {result.frames} frames in "
+          f"{result.seconds:.1f} s ({fps:.1f} frames/s, {result.workers} worker(s)) "
+          f"-> {args.out / MANIFEST_NAME}")
     if result.interrupted:
         print("cass_fleet: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

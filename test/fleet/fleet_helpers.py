@@ -1,0 +1,117 @@
+"""What the cass_fleet tests share: test bags built from the sample scene,
+a local Ray on two CPUs, and comparisons of output bags message by message."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bag_harness import read_bag
+
+from cass_ros.bag import io as bag_io
+
+RAW = "/camera/image_raw"
+
+
+def start_ray() -> None:
+    """A local Ray of two CPUs, as the tests' machine has (README: cass_fleet)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 1024 * 1024, logging_level="ERROR")
+
+
+def sample_frames(source: Path) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """(raw frames, camera_info messages) of a sample bag: (bag time, CDR)."""
+    with bag_io.open_input_bag(source) as bag:
+        frames, infos = [], []
+        for conn, t_ns, raw in bag.messages(bag.connections):
+            if conn.topic == RAW:
+                frames.append((t_ns, bytes(raw)))
+            elif conn.topic == "/camera/camera_info":
+                infos.append((t_ns, bytes(raw)))
+    return frames, infos
+
+
+def write_variant(source: Path, dst: Path, *, cameras: tuple[str, ...] = ("camera",),
+                  frames: int = 4, prompt_text: str = "", prompt_after: int = -1,
+                  storage: str = "mcap", with_info: bool = True) -> Path:
+    """A bag of the sample scene's first ``frames`` raw frames on
+    /<camera>/image_raw for each camera (and their camera_info), with a
+    /cass/prompts message ``prompt_text`` between frame ``prompt_after`` and
+    the next one."""
+    raw_frames, infos = sample_frames(source)
+    ts = bag_io.make_typestore()
+    writer = bag_io.open_writer(dst, storage)
+    try:
+        images = [writer.add_connection(f"/{c}/image_raw", bag_io.IMAGE, typestore=ts)
+                  for c in cameras]
+        info = [writer.add_connection(f"/{c}/camera_info", "sensor_msgs/msg/CameraInfo",
+                                      typestore=ts) for c in cameras] if with_info else []
+        prompts = writer.add_connection(bag_io.PROMPTS_TOPIC, bag_io.STRING, typestore=ts)
+        for i, (t_ns, raw) in enumerate(raw_frames[:frames]):
+            for k, conn in enumerate(images):
+                writer.write(conn, t_ns + k * 1000, raw)
+            for k, conn in enumerate(info):
+                writer.write(conn, infos[i][0] + k * 1000, infos[i][1])
+            if i == prompt_after:
+                msg = ts.types[bag_io.STRING](data=prompt_text)
+                writer.write(prompts, t_ns + 50_000_000, ts.serialize_cdr(msg, bag_io.STRING))
+    finally:
+        writer.close()
+    return dst
+
+
+def cut_copy(src: Path, dst: Path, fraction: float = 0.7) -> Path:
+    """What a crash leaves: the .mcap cut short, no metadata.yaml."""
+    shutil.copytree(src, dst)
+    (mcap,) = dst.glob("*.mcap")
+    with open(mcap, "r+b") as f:
+        f.truncate(int(mcap.stat().st_size * fraction))
+    (dst / "metadata.yaml").unlink()
+    return dst
+
+
+def plain(x: Any, skip: tuple[str, ...] = ("inference_ms",)) -> Any:
+    """A message as comparable values; ``skip``: fields that time the run."""
+    if dataclasses.is_dataclass(x):
+        return {f.name: plain(getattr(x, f.name), skip) for f in dataclasses.fields(x)
+                if f.name not in skip}
+    if isinstance(x, np.ndarray):
+        return (x.dtype.str, x.shape, x.tobytes())
+    if isinstance(x, (list, tuple)):
+        return [plain(v, skip) for v in x]
+    return x
+
+
+def assert_same_bag(a: Path, b: Path) -> int:
+    """The same topics, and on each the same messages at the same bag times
+    (label images pixel for pixel); the colour tables beside them the same.
+    Returns the messages compared."""
+    got, want = read_bag(a), read_bag(b)
+    assert sorted(got) == sorted(want)
+    n = 0
+    for topic in want:
+        assert len(got[topic]) == len(want[topic]), topic
+        for (t_a, m_a), (t_b, m_b) in zip(got[topic], want[topic]):
+            assert t_a == t_b, topic
+            if m_b.__msgtype__ == bag_io.IMAGE and m_b.encoding in ("mono8", "mono16"):
+                assert np.array_equal(bag_io.image_array(m_a), bag_io.image_array(m_b)), topic
+            assert plain(m_a) == plain(m_b), (topic, t_b)
+            n += 1
+    tables = sorted(p.name for p in b.glob("color_table*.csv"))
+    assert tables and tables == sorted(p.name for p in a.glob("color_table*.csv"))
+    for name in tables:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    return n
+
+
+def bag_order(path: Path) -> list[tuple[str, int]]:
+    """(topic, bag time) of every message, in the order a reader yields them."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(path) as reader:
+        return [(c.topic, t) for c, t, _ in reader.messages()]
