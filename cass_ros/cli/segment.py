@@ -509,15 +509,22 @@ def _write_images(args: argparse.Namespace, out: Path, stem: str, rgb: np.ndarra
         np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))
 
 
+def _read_input(path: Path) -> np.ndarray | None:
+    """The input's RGB pixels; None (reported in one line) when unreadable."""
+    try:
+        return read_rgb(path)
+    except UnreadableImage as e:
+        log.error("input %s: %s: skipped", path, e)
+        return None
+
+
 def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any, prepared: Any,
                  out: Path, colors: np.ndarray, runtime: dict[str, Any],
                  tracker: Any | None = None, frame: int = 0) -> int:
     """Segment one input and write its files; 1 when it could not be read."""
     t0 = time.perf_counter()
-    try:
-        rgb = read_rgb(path)
-    except UnreadableImage as e:
-        log.error("input %s: %s: skipped", path, e)
+    rgb = _read_input(path)
+    if rgb is None:
         return 1
     t_read = time.perf_counter() - t0
     result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
@@ -539,10 +546,8 @@ def _segment_sets(args: argparse.Namespace, path: Path, stem: str, segmenter: An
     """One input, several prompt sets: one forward pass (encode), one
     decode and one set of files per set; 1 when it could not be read."""
     t0 = time.perf_counter()
-    try:
-        rgb = read_rgb(path)
-    except UnreadableImage as e:
-        log.error("input %s: %s: skipped", path, e)
+    rgb = _read_input(path)
+    if rgb is None:
         return 1
     t_read = time.perf_counter() - t0
     features = segmenter.encode([rgb])

@@ -166,12 +166,8 @@ class RuntimeParams:
     def _validate_mapping(self) -> None:
         """Outputs for mappers (docs/ros-interface.md, "Outputs for mappers")."""
         if self.camera_info_topics:
-            _need(len(self.camera_info_topics) == len(self.image_topics), "camera_info_topics",
-                  f"has {len(self.camera_info_topics)} entries for {len(self.image_topics)} "
-                  "image_topics (one per image topic, '' for the one next to it)")
-            for topic in self.camera_info_topics:
-                _need(not topic or _valid_topic(topic), "camera_info_topics",
-                      f"{topic!r} is not a valid topic name")
+            _need_topics(self.camera_info_topics, len(self.image_topics), "camera_info_topics",
+                         "image_topics (one per image topic, '' for the one next to it)")
         for name in self.mask_classes:
             _need(bool(name.strip()) and name == name.strip(), "mask_classes",
                   f"holds {name!r}: class names are non-empty, without spaces around them")
@@ -195,12 +191,8 @@ class RuntimeParams:
             _need(_valid_topic(topic), "depth_topics", f"{topic!r} is not a valid topic name")
         _need(len(set(named)) == len(named), "depth_topics", "names a topic twice")
         if self.depth_info_topics:
-            _need(len(self.depth_info_topics) == len(self.depth_topics), "depth_info_topics",
-                  f"has {len(self.depth_info_topics)} entries for {len(self.depth_topics)} "
-                  "depth_topics (one per depth topic, '' for the one next to it)")
-            for topic in self.depth_info_topics:
-                _need(not topic or _valid_topic(topic), "depth_info_topics",
-                      f"{topic!r} is not a valid topic name")
+            _need_topics(self.depth_info_topics, len(self.depth_topics), "depth_info_topics",
+                         "depth_topics (one per depth topic, '' for the one next to it)")
         _need(math.isfinite(self.depth_tolerance_s) and self.depth_tolerance_s >= 0,
               "depth_tolerance_s", "must be >= 0 seconds")
         _need(math.isfinite(self.depth_trim_percent) and 0 <= self.depth_trim_percent < 50,
@@ -233,6 +225,13 @@ def camera_info_topic(image_topic: str) -> str:
 def _need(ok: bool, name: str, why: str) -> None:
     if not ok:
         raise ConfigError(f"parameter '{name}' {why}")
+
+
+def _need_topics(topics: Sequence[str], count: int, name: str, per: str) -> None:
+    """A list of one topic (or '') per entry of another list."""
+    _need(len(topics) == count, name, f"has {len(topics)} entries for {count} {per}")
+    for topic in topics:
+        _need(not topic or _valid_topic(topic), name, f"{topic!r} is not a valid topic name")
 
 
 def _valid_topic(topic: str) -> bool:
