@@ -36,6 +36,7 @@ import logging
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -123,7 +124,42 @@ def bench_mode(seg: Segmenter, mode: str, frame: np.ndarray, iters: int, frames:
             p50s[n] = p50
         rows.append((mode, f"decode {n} phrase{'s' * (n > 1)}, output {output_size}", p50, p99))
     rows.append((mode, "features per camera (MB)", features.nbytes / 1e6, None))
+    rows += frames_beside_queries(seg, mode, frame, features, prepared[3], frames)
     return rows, p50s
+
+
+QUERY_RATE_HZ = 10.0     # a busy planner asking the node ten questions a second
+
+
+def frames_beside_queries(seg: Segmenter, mode: str, frame: np.ndarray, features: Any,
+                          prepared: Any, frames: int) -> list[tuple[str, str, float, float | None]]:
+    """What queries cost the live stream: full frames segmented while another
+    thread decodes 3 phrases on the kept features at QUERY_RATE_HZ, as the
+    node's service handlers do beside its inference thread. The frame's
+    extra time is what the queries took from it."""
+    stop = threading.Event()
+    answered = [0]
+
+    def ask() -> None:
+        while not stop.wait(1.0 / QUERY_RATE_HZ):
+            seg.decode(features, prepared)
+            answered[0] += 1
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    try:
+        ms: list[float] = []
+        started = time.perf_counter()
+        # at least 2 s, so that queries do come in while tiny models run
+        while len(ms) < frames or time.perf_counter() - started < 2.0:
+            ms += samples_ms(lambda: seg.segment([frame], prepared), 1)
+    finally:
+        stop.set()
+        asker.join()
+    seconds = time.perf_counter() - started
+    return [(mode, f"segment, full frame, beside {QUERY_RATE_HZ:.0f} queries/s "
+                   f"({answered[0] / max(seconds, 1e-9):.1f} answered/s)", statistics.median(ms),
+             None)]
 
 
 # The decode's parts, by the names its module calls them (core/queries/decode.py):
