@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cass_bag's own log lines (one per bag and topic) are the workers' to keep
     logging.getLogger("cass_bag").setLevel(logging.WARNING)
     try:
-        bags = fleet_inputs.collect(list(args.inputs))
+        bags = fleet_inputs.collect(list(args.inputs), out=args.out)
     except fleet_inputs.InputError as e:
         return _error(str(e))
     # The runner imports torch and Ray lazily; its module itself is light.
@@ -168,7 +168,7 @@ class _Progress:
         self.bar = None
 
     def update(self, frames: int, total: int, bags: int, bags_total: int) -> None:
-        if not self.enabled:
+        if not self.enabled or not bags_total:
             return
         if self.bar is None:
             from tqdm import tqdm

@@ -47,13 +47,16 @@ def is_bag(path: Path) -> bool:
     return any(p.suffix in STORAGE_SUFFIXES and p.is_file() for p in path.iterdir())
 
 
-def find_bags(folder: Path) -> list[Path]:
-    """The bags under ``folder`` (itself included), sorted; not inside bags."""
+def find_bags(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """The bags under ``folder`` (itself included), sorted; not inside bags
+    nor inside ``exclude`` (DIR: a second run must not take the first
+    one's outputs for inputs)."""
     if is_bag(folder):
         return [folder]
     found: list[Path] = []
     for root, dirs, _files in os.walk(folder):
         here = Path(root)
+        dirs[:] = [d for d in dirs if here / d != exclude]
         bags = {d for d in dirs if is_bag(here / d)}
         found.extend(here / d for d in bags)
         dirs[:] = sorted(d for d in dirs if d not in bags)  # never inside a bag
@@ -61,9 +64,10 @@ def find_bags(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _expand(item: str, base: Path, seen_lists: set[Path]) -> list[Path]:
+def _expand(item: str, base: Path, seen_lists: set[Path], exclude: Path | None
+            ) -> list[Path]:
     if item.startswith("@"):
-        listing = (base / item[1:]).absolute()
+        listing = Path(os.path.normpath((base / item[1:]).absolute()))
         if listing in seen_lists:
             raise InputError(f"{item}: the list includes itself")
         try:
@@ -74,27 +78,34 @@ def _expand(item: str, base: Path, seen_lists: set[Path]) -> list[Path]:
         for line in lines:
             line = line.split("#", 1)[0].strip()
             if line:
-                out.extend(_expand(line, listing.parent, seen_lists | {listing}))
+                out.extend(_expand(line, listing.parent, seen_lists | {listing}, exclude))
         if not out:
             raise InputError(f"the input list {listing} names no input")
         return out
     path = Path(os.path.expanduser(item))
-    path = (path if path.is_absolute() else base / path).absolute()
+    # normpath, not resolve: '..' goes, symlinked folders keep their names
+    path = Path(os.path.normpath((path if path.is_absolute() else base / path).absolute()))
     if not path.exists():
         raise InputError(f"input {item} does not exist")
     if path.is_dir() and not is_bag(path):
-        return find_bags(path) or [path]  # no bag in it: kept, to fail with cass_bag's reason
+        return find_bags(path, exclude) or [path]  # no bag in it: kept, to fail with cass_bag's reason
     return [path]
 
 
-def collect(items: list[str], cwd: Path | None = None) -> list[BagInput]:
+def collect(items: list[str], cwd: Path | None = None, out: Path | None = None
+            ) -> list[BagInput]:
     """The bags of the INPUT arguments, in the order given (each once), with
-    their output folders; InputError when an INPUT is unusable or two bags
-    would write to the same folder."""
+    their output folders; InputError when an INPUT is unusable, overlaps
+    ``out`` (DIR, never searched) or two bags would write to one folder."""
     base = (cwd or Path.cwd()).absolute()
+    exclude = Path(os.path.normpath(base / out)) if out is not None else None
     paths: list[Path] = []
     for item in items:
-        paths.extend(_expand(item, base, set()))
+        paths.extend(_expand(item, base, set(), exclude))
+    for p in paths:
+        if exclude is not None and (p == exclude or p.is_relative_to(exclude)
+                                    or exclude.is_relative_to(p)):
+            raise InputError(f"input {p} and --out {out} overlap")
     paths = list(dict.fromkeys(paths))
     if not paths:
         raise InputError("no input bag")

@@ -132,10 +132,6 @@ def check_settings(fo: FleetOptions) -> None:
     why = bag_tool.chunking_refused(bag_options(fo))  # reads and checks the settings
     if why and fo.chunk_frames > 0:
         raise ConfigError(f"--chunk-frames: {why}")
-    out = fo.out.absolute()
-    for bag in fo.inputs:
-        if bag.path == out or bag.path.is_relative_to(out) or out.is_relative_to(bag.path):
-            raise ConfigError(f"input {bag.path} and --out {fo.out} overlap")
 
 
 def fleet_fingerprint(fo: FleetOptions) -> dict[str, Any]:

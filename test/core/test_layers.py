@@ -69,3 +69,37 @@ def test_public_api_names_the_real_objects() -> None:
     assert core.Segmenter is Segmenter and core.build_config is build_config
     with pytest.raises(AttributeError):
         core.no_such_name  # noqa: B018
+
+
+# Ray and matplotlib are cass_fleet's (setup.cfg's `fleet` extra): the
+# library, the node and cass_bag never load them, nor the fleet layer above them.
+FLEET_ONLY = ("ray", "matplotlib", "cass_ros.fleet", "cass_ros.cli")
+
+
+def test_core_ros_and_bag_never_load_ray_matplotlib_or_the_fleet() -> None:
+    pkg = REPO / "cass_ros"
+    modules = sorted("cass_ros." + ".".join(p.relative_to(pkg).with_suffix("").parts)
+                     for layer in ("core", "ros", "bag") for p in (pkg / layer).rglob("*.py")
+                     if p.stem != "__init__")
+    assert "cass_ros.bag.tool" in modules and "cass_ros.ros.node" in modules
+    # This environment as it is (the installed messages, rclpy): only the
+    # fleet's dependencies are blocked.
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import importlib, importlib.abc, sys
+        BLOCKED = {FLEET_ONLY!r}
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                    raise ImportError(f"imported {{name}}")
+        sys.meta_path.insert(0, Block())
+        for m in {modules!r}:
+            try:
+                importlib.import_module(m)
+            except ImportError as e:
+                if "imported " in str(e) or not m.startswith("cass_ros.ros."):
+                    raise SystemExit(f"{{m}}: {{e}}")
+                print("skipped", m, e)  # a ROS module without ROS here
+        print("ok", sorted(b for b in BLOCKED if b in sys.modules))
+    """)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok []", proc.stdout[-2000:]
