@@ -101,6 +101,7 @@ class FleetResult:
     skipped: int = 0                # done (or failed) before, not run again
     frames: int = 0                 # frames segmented by this run
     seconds: float = 0.0
+    startup_seconds: float = 0.0    # of ``seconds``: Ray and the workers' models
     interrupted: bool = False
     workers: int = 0
 
@@ -347,6 +348,7 @@ def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
         pool = _Pool(fo, base)
         result.workers = pool.n
         pool.wait_ready()
+        result.startup_seconds = time.perf_counter() - started
         _drive(fo, manifest, pool, bags, total, result)
     except KeyboardInterrupt:
         result.interrupted = True
@@ -415,7 +417,11 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
     idle = list(range(pool.n))
     last = [0] * pool.n
     ended = 0
-    while queue or flying:
+    came: list[tuple[_Job, dict[str, Any]]] = []
+    shown = time.monotonic()
+    while queue or flying or came:
+        # New work goes out before the results are recorded (joining,
+        # renaming, the manifest): a worker never waits for the driver.
         while queue and idle:
             i, job = idle.pop(0), queue.pop()
             if job.bag.failed:
@@ -425,6 +431,14 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
                 job.bag.started = True
                 manifest.set_status(job.bag.bag, "running")
             flying[pool.actors[i].run.remote(_job_spec(fo, job))] = (i, job)
+        for job, got in came:
+            if _record(fo, manifest, job, got, result):
+                ended += 1
+        came = []
+        if fo.stop_after is not None and ended >= fo.stop_after and (queue or flying):
+            raise KeyboardInterrupt  # the test hook: as Ctrl-C at this point
+        if not flying:
+            continue
         ready, _ = ray.wait(list(flying), num_returns=1, timeout=POLL_S)
         for ref in ready:
             i, job = flying.pop(ref)
@@ -437,12 +451,12 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
                     last[i] = 0
                     pool.replace(i)
             idle.append(i)
-            if _record(fo, manifest, job, got, result):
-                ended += 1
-        if fo.progress:
+            came.append((job, got))
+        if fo.progress and time.monotonic() - shown >= POLL_S:
             fo.progress(pool.frames(last), total, ended, len(bags))
-        if fo.stop_after is not None and ended >= fo.stop_after and (queue or flying):
-            raise KeyboardInterrupt  # the test hook: as Ctrl-C at this point
+            shown = time.monotonic()
+    if fo.progress:
+        fo.progress(pool.frames(last), total, ended, len(bags))
 
 
 def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any],

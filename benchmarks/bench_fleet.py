@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""cass_fleet against cass_bag on the same bags, on this machine
+(docs/ros-interface.md, cass_fleet; README, "cass_fleet").
+
+N sample bags (tools/make_sample_bag.py, F frames each) are segmented by:
+
+- cass_bag, one bag after the other, as a shell loop would run it (the
+  model loaded per bag);
+- cass_bag's pipeline with the model loaded once (bag.tool.run given the
+  segmenter): the per-frame cost cass_fleet's workers pay, the reference
+  for the overhead;
+- cass_fleet with 1 and 2 workers (--workers) on a local Ray of this
+  machine's CPUs (GPUs: --gpus-per-worker, see benchmarks/gpu_check.py).
+
+Per run: wall seconds, the start-up part of it (Ray, the workers' models),
+frames/s after the start-up, and cass_fleet's overhead per frame against
+the pipeline with one model (the goal: under 5 % with one worker). Times
+only: the outputs are the tests' business (test/fleet/).
+
+    .venv/bin/python benchmarks/bench_fleet.py [--tiny | --full] [--bags 3] [--frames 6]
+
+--tiny (the default): tiny random models, a quick run whose frame cost is
+small, so the orchestration's share shows. --full: full-size random
+models (CLIP ViT-B/16, DINO ViT-B/8; no download), a real frame cost; a
+few frames are enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("cass_ros") is None:
+    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+import yaml  # noqa: E402
+
+from cass_ros.bag import tool as bag_tool  # noqa: E402
+from cass_ros.fleet import inputs as fleet_inputs  # noqa: E402
+from cass_ros.fleet import runner  # noqa: E402
+from cass_ros.fleet.manifest import Manifest  # noqa: E402
+
+
+def make_inputs(base: Path, bags: int, frames: int, full: bool, device: str) -> Path:
+    """The bags and a parameters file; returns the parameters file."""
+    import make_sample_bag
+
+    for i in range(bags):
+        make_sample_bag.write_sample_bag(base / "bags" / f"bag{i}", frames=frames)
+    if full:
+        clip = dino = "random"
+        short_side = 336
+    else:
+        from cass_ros.core.models import save_tiny_random_checkpoints
+
+        clip, dino = save_tiny_random_checkpoints(base / "weights", seed=0)
+        short_side = 224
+    params = base / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "clip_weights": clip, "dino_weights": dino, "device": device, "short_side": short_side,
+        "prompts": list(make_sample_bag.INITIAL_PROMPTS), "background_classes": [],
+        "prob_threshold": 0.0}))
+    return params
+
+
+def bench_cass_bag(bags: list[Path], params: Path, out: Path, once: bool) -> dict:
+    """cass_bag over the bags in turn; ``once``: one model for all."""
+    started = time.perf_counter()
+    segmenter = None
+    startup = 0.0
+    if once:
+        segmenter = bag_tool.load_segmenter(bag_tool.BagToolOptions(
+            input_bag=bags[0], out=out, params_file=params))
+        startup = time.perf_counter() - started
+    frames = 0
+    for i, bag in enumerate(bags):
+        report = bag_tool.run(bag_tool.BagToolOptions(
+            input_bag=bag, out=out / f"{i}", params_file=params, progress=False), segmenter)
+        frames += report.frames_out
+    return {"wall": time.perf_counter() - started, "startup": startup, "frames": frames}
+
+
+def bench_fleet(bag_root: Path, params: Path, out: Path, workers: int) -> dict:
+    fo = runner.FleetOptions(inputs=fleet_inputs.collect([str(bag_root)], out=out), out=out,
+                             params_file=params, workers=workers)
+    runner.check_settings(fo)
+    manifest = Manifest.open(out, runner.fleet_fingerprint(fo))
+    result = runner.run_fleet(fo, manifest)
+    if result.failed or result.interrupted:
+        raise SystemExit(f"bench_fleet: the fleet run failed: {manifest.counts()}")
+    return {"wall": result.seconds, "startup": result.startup_seconds, "frames": result.frames}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--tiny", action="store_true", help="tiny random models (default)")
+    size.add_argument("--full", action="store_true", help="full-size random models")
+    p.add_argument("--bags", type=int, default=3)
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames per bag (default 6 tiny, 3 full)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("cass_bag").setLevel(logging.ERROR)
+    frames = args.frames or (3 if args.full else 6)
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="bench_fleet_") as tmp:
+        base = Path(tmp)
+        params = make_inputs(base, args.bags, frames, args.full, args.device)
+        bags = sorted((base / "bags").iterdir())
+        rows = [("cass_bag (model per bag)", "-",
+                 bench_cass_bag(bags, params, base / "out_bag", once=False)),
+                ("cass_bag pipeline (model once)", "-",
+                 bench_cass_bag(bags, params, base / "out_once", once=True))]
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
+        try:
+            for n in args.workers:
+                rows.append((f"cass_fleet --workers {n}", str(n),
+                             bench_fleet(base / "bags", params, base / f"out_fleet{n}", n)))
+        finally:
+            ray.shutdown()
+    ref = rows[1][2]
+    ref_per_frame = (ref["wall"] - ref["startup"]) / ref["frames"]
+    models = "full-size random" if args.full else "tiny random"
+    print(f"{args.bags} bags x {frames} frames, {models} models, {args.device}, "
+          f"{os.cpu_count()} CPUs\n")
+    print("| run | workers | frames | wall s | start-up s | frames/s after start-up "
+          "| overhead/frame vs one model |")
+    print("|---|---|---|---|---|---|---|")
+    summary = {}
+    for name, workers, r in rows:
+        steady = r["wall"] - r["startup"]
+        fps = r["frames"] / steady if steady > 0 else float("nan")
+        overhead = 100.0 * (steady / r["frames"] / ref_per_frame - 1.0)
+        print(f"| {name} | {workers} | {r['frames']} | {r['wall']:.2f} | {r['startup']:.2f} "
+              f"| {fps:.2f} | {overhead:+.1f} % |")
+        summary[name] = (fps, overhead)
+    fleet1 = summary.get("cass_fleet --workers 1", (float("nan"),) * 2)
+    fleet2 = summary.get("cass_fleet --workers 2", (float("nan"),) * 2)
+    print(f"\nbench_fleet: cass_bag_fps={summary['cass_bag pipeline (model once)'][0]:.2f} "
+          f"fleet1_fps={fleet1[0]:.2f} fleet2_fps={fleet2[0]:.2f} "
+          f"overhead1_pct={fleet1[1]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
