@@ -306,6 +306,34 @@ def run_python_bag(ctx: Ctx, cmd: str) -> None:
     assert (work / "segmented2" / "metadata.yaml").is_file()
 
 
+def _fleet_case(ctx: Ctx, cmd: str) -> Path:
+    """recordings/ holds the sample bag twice (site_a/mon, site_b/tue)."""
+    work = ctx.scratch()
+    for name in ("site_a/mon", "site_b/tue"):
+        (work / "recordings" / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / "recordings" / name).symlink_to(ctx.sample_bag.path, target_is_directory=True)
+    args = (f" --set clip_weights={ctx.weights[0]} --set dino_weights={ctx.weights[1]}"
+            " --set device=cpu --set short_side=64 --no-progress")
+    _ok(bash(cmd + args, work, timeout=600))
+    return work
+
+
+def run_python_fleet(ctx: Ctx, cmd: str) -> None:
+    work = _fleet_case(ctx, cmd)
+    doc = json.loads((work / "fleet_out" / "fleet.json").read_text())
+    assert {b["output"]: b["status"] for b in doc["bags"]} == {"site_a/mon": "done",
+                                                               "site_b/tue": "done"}
+    assert (work / "fleet_out" / "site_a" / "mon" / "metadata.yaml").is_file()
+    assert (work / "fleet_out" / "report.html").is_file()
+
+
+def run_ros2_run_fleet(ctx: Ctx, cmd: str) -> None:
+    work = _fleet_case(ctx, cmd)
+    doc = json.loads((work / "fleet_out2" / "fleet.json").read_text())
+    assert [b["chunks"] for b in doc["bags"]] == [3, 3]      # 20 frames in chunks of 8
+    assert {b["status"] for b in doc["bags"]} == {"done"}
+
+
 def run_weights_download(ctx: Ctx, cmd: str) -> None:
     cache = ctx.root / "cass_weights"
     offline = (cmd.replace('pretrained="openai"', "pretrained=None")
@@ -461,6 +489,14 @@ CASES: dict[str, Case] = {
     "--set 'prompts=[car, person]'":
         Case("recording/ = the sample bag; + --set tiny weights, device cpu, short side 64",
              run_python_bag),
+    "python -m cass_ros.cli.fleet recordings/ --out fleet_out/ --params-file config/cass.yaml "
+    "--set 'prompts=[car, person]' --report":
+        Case("recordings/ = the sample bag twice; + --set tiny weights, device cpu, short side 64",
+             run_python_fleet),
+    "ros2 run cass_ros cass_fleet recordings/ --out fleet_out2/ --params-file config/cass.yaml "
+    "--chunk-frames 8 --workers 2":
+        Case("recordings/ = the sample bag twice; + --set tiny weights, device cpu, short side 64",
+             run_ros2_run_fleet, ros2=True),
     "ros2 run cass_ros cass_segment shots/ --out seg/ --prompts \"person|worker, forklift, pallet\"":
         Case("shots/ = two small images; + --set tiny weights", run_segment_shots, ros2=True),
     "ros2 run cass_ros cass_segment img.jpg --out seg/ --preset ade20k --device cuda --save-probs":
