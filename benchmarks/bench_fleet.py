@@ -18,6 +18,11 @@ the pipeline with one model (the goal: under 5 % with one worker). Times
 only: the outputs are the tests' business (test/fleet/).
 
     .venv/bin/python benchmarks/bench_fleet.py [--tiny | --full] [--bags 3] [--frames 6]
+        [--workers 1 2] [--device cpu] [--gpus-per-worker G] [--batch N]
+
+On a GPU machine (the figures benchmarks/gpu_check.py should take):
+``--full --device auto --gpus-per-worker 1 --workers 1`` and ``0.5 --workers 2``
+(actors per GPU), each with ``--batch 1`` and ``--batch 8``.
 
 --tiny (the default): tiny random models, a quick run whose frame cost is
 small, so the orchestration's share shows. --full: full-size random
@@ -71,7 +76,8 @@ def make_inputs(base: Path, bags: int, frames: int, full: bool, device: str) -> 
     return params
 
 
-def bench_cass_bag(bags: list[Path], params: Path, out: Path, once: bool) -> dict:
+def bench_cass_bag(bags: list[Path], params: Path, out: Path, once: bool, batch: int = 1
+                   ) -> dict:
     """cass_bag over the bags in turn; ``once``: one model for all."""
     started = time.perf_counter()
     segmenter = None
@@ -83,14 +89,17 @@ def bench_cass_bag(bags: list[Path], params: Path, out: Path, once: bool) -> dic
     frames = 0
     for i, bag in enumerate(bags):
         report = bag_tool.run(bag_tool.BagToolOptions(
-            input_bag=bag, out=out / f"{i}", params_file=params, progress=False), segmenter)
+            input_bag=bag, out=out / f"{i}", params_file=params, progress=False, batch=batch),
+            segmenter)
         frames += report.frames_out
     return {"wall": time.perf_counter() - started, "startup": startup, "frames": frames}
 
 
-def bench_fleet(bag_root: Path, params: Path, out: Path, workers: int) -> dict:
+def bench_fleet(bag_root: Path, params: Path, out: Path, workers: int, gpus: float = 0.0,
+                batch: int = 1) -> dict:
     fo = runner.FleetOptions(inputs=fleet_inputs.collect([str(bag_root)], out=out), out=out,
-                             params_file=params, workers=workers)
+                             params_file=params, workers=workers, gpus_per_worker=gpus,
+                             batch=batch)
     runner.check_settings(fo)
     manifest = Manifest.open(out, runner.fleet_fingerprint(fo))
     result = runner.run_fleet(fo, manifest)
@@ -108,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=None,
                    help="frames per bag (default 6 tiny, 3 full)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, or auto / cuda with --gpus-per-worker")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPU workers (the GPU figures: actors per GPU = 1 / this)")
+    p.add_argument("--batch", type=int, default=1, help="frames per model call, every run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("cass_bag").setLevel(logging.ERROR)
@@ -119,23 +131,28 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(tmp)
         params = make_inputs(base, args.bags, frames, args.full, args.device)
         bags = sorted((base / "bags").iterdir())
-        rows = [("cass_bag (model per bag)", "-",
-                 bench_cass_bag(bags, params, base / "out_bag", once=False)),
-                ("cass_bag pipeline (model once)", "-",
-                 bench_cass_bag(bags, params, base / "out_once", once=True))]
+        # The fleet first, then the reference: each worker is a fresh process,
+        # and so is this one for its first model (no warm-up favours either).
+        fleet_rows = []
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR")
         try:
             for n in args.workers:
-                rows.append((f"cass_fleet --workers {n}", str(n),
-                             bench_fleet(base / "bags", params, base / f"out_fleet{n}", n)))
+                fleet_rows.append((f"cass_fleet --workers {n}", str(n), bench_fleet(
+                    base / "bags", params, base / f"out_fleet{n}", n, args.gpus_per_worker,
+                    args.batch)))
         finally:
             ray.shutdown()
+        once = bench_cass_bag(bags, params, base / "out_once", once=True, batch=args.batch)
+        rows = [("cass_bag (model per bag)", "-",
+                 bench_cass_bag(bags, params, base / "out_bag", once=False, batch=args.batch)),
+                ("cass_bag pipeline (model once)", "-", once), *fleet_rows]
     ref = rows[1][2]
     ref_per_frame = (ref["wall"] - ref["startup"]) / ref["frames"]
     models = "full-size random" if args.full else "tiny random"
-    print(f"{args.bags} bags x {frames} frames, {models} models, {args.device}, "
-          f"{os.cpu_count()} CPUs\n")
+    gpus = f", {args.gpus_per_worker:g} GPU per worker" if args.gpus_per_worker else ""
+    print(f"{args.bags} bags x {frames} frames, {models} models, {args.device}{gpus}, "
+          f"--batch {args.batch}, {os.cpu_count()} CPUs\n")
     print("| run | workers | frames | wall s | start-up s | frames/s after start-up "
           "| overhead/frame vs one model |")
     print("|---|---|---|---|---|---|---|")

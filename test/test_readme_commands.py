@@ -442,6 +442,13 @@ def run_bench_query(ctx: Ctx, cmd: str) -> None:
                         proc.stdout.strip().splitlines()[-1]), proc.stdout
 
 
+def run_bench_fleet(ctx: Ctx, cmd: str) -> None:
+    proc = _ok(bash(cmd, REPO, setup=False, timeout=600))
+    assert re.search(r"^\| cass_fleet --workers 2 \| 2 \| 4 \|", proc.stdout, re.M), proc.stdout
+    assert re.fullmatch(r"bench_fleet: cass_bag_fps=[\d.]+ fleet1_fps=[\d.]+ fleet2_fps=[\d.]+ "
+                        r"overhead1_pct=-?[\d.]+", proc.stdout.strip().splitlines()[-1]), proc.stdout
+
+
 @dataclass(frozen=True)
 class Case:
     how: str                                  # what the test does with the command
@@ -493,6 +500,8 @@ CASES: dict[str, Case] = {
     "--set 'prompts=[car, person]' --report":
         Case("recordings/ = the sample bag twice; + --set tiny weights, device cpu, short side 64",
              run_python_fleet),
+    ".venv/bin/python benchmarks/bench_fleet.py --bags 2 --frames 2":
+        Case("as typed (tiny models); the table and the last line", run_bench_fleet),
     "ros2 run cass_ros cass_fleet recordings/ --out fleet_out2/ --params-file config/cass.yaml "
     "--chunk-frames 8 --workers 2":
         Case("recordings/ = the sample bag twice; + --set tiny weights, device cpu, short side 64",

@@ -163,7 +163,6 @@ class _Stream:
     msgtype: str
     camera: str
     outputs: dict[str, Connection] = field(default_factory=dict)  # kind -> output topic
-    count: int = 0
 
 
 @dataclass

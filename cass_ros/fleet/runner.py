@@ -284,6 +284,7 @@ class _Pool:
                                            max_concurrency=2, max_restarts=0)
         self.actors = [self._new() for _ in range(self.n)]
         self.lost_frames = 0        # frames read by workers since lost
+        self.flying: dict[Any, Any] = {}  # their jobs' result refs (the driver's)
 
     def _new(self) -> Any:
         return self.cls.remote(self.base, self.threads)
@@ -320,6 +321,11 @@ class _Pool:
         for a in self.actors:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(a, no_restart=True)
+        # ray.kill returns at once: wait for the jobs to end (with an error),
+        # so that no killed job still writes when DIR/.fleet_tmp is removed
+        if self.flying:
+            with contextlib.suppress(Exception):
+                ray.wait(list(self.flying), num_returns=len(self.flying), timeout=30)
 
 
 def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
@@ -359,10 +365,23 @@ def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
             import ray
 
             ray.shutdown()
-        shutil.rmtree(tmp_root, ignore_errors=True)
+        _remove_tmp(tmp_root, settle=result.interrupted and pool is not None)
         result.seconds = time.perf_counter() - started
         manifest.finish("interrupted" if result.interrupted else "finished")
     return result
+
+
+def _remove_tmp(tmp_root: Path, settle: bool) -> None:
+    """DIR/.fleet_tmp removed. A killed worker's process may write for a
+    moment after Ray reports it dead: removed again until it stays gone
+    (whatever a straggler still leaves, the next run removes first)."""
+    for _ in range(10 if settle else 1):
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        if not settle:
+            return
+        time.sleep(0.3)
+        if not tmp_root.exists():
+            return
 
 
 def _plan(fo: FleetOptions, base: bag_tool.BagToolOptions, manifest: Manifest,
@@ -413,7 +432,7 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
 
     queue = [_Job(b, k) for b in bags for k in range(len(b.ranges))]
     queue.reverse()                              # pop() from the end: bag order
-    flying: dict[Any, tuple[int, _Job]] = {}     # ref -> (worker, job)
+    flying: dict[Any, tuple[int, _Job]] = pool.flying  # ref -> (worker, job)
     idle = list(range(pool.n))
     last = [0] * pool.n
     ended = 0
