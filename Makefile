@@ -109,9 +109,12 @@ clean:
 # The wheels benchmarks/gpu_check.sh installs, without network, on a GPU
 # machine that has Python 3.12, torch and timm but not the rest (versions
 # from requirements.lock; the script installs only what is missing there).
+# ray and its own dependencies serve gpu_check's cass_fleet rows (~80 MB).
 GPU_WHEELS ?= benchmarks/wheels
 GPU_WHEEL_NAMES := open_clip_torch ftfy wcwidth regex scipy opencv-python-headless PyYAML tqdm \
-	rosbags apsw lz4 ruamel.yaml backports.zstd typing_extensions huggingface_hub safetensors
+	rosbags apsw lz4 ruamel.yaml backports.zstd typing_extensions huggingface_hub safetensors \
+	ray msgpack protobuf jsonschema jsonschema-specifications referencing rpds-py attrs click \
+	filelock requests charset-normalizer idna urllib3 certifi packaging
 gpu-wheels: $(STAMP)
 	$(PY) -m pip download --disable-pip-version-check -q --python-version 3.12 \
 		--only-binary=:all: --no-deps -d $(GPU_WHEELS) \

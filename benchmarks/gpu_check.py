@@ -16,6 +16,9 @@ plus the default background names, precision ``auto``:
   with ``compile`` (``--compile-mode``);
 - 8 cameras in one call: frames/s; sliding window 224/112: p50;
 - cass_bag on a 200-frame bag (``--batch 1`` and ``--batch 8``): frames/s;
+- cass_fleet (benchmarks/bench_fleet.py) with one actor on the GPU and two
+  sharing it, ``--batch 8``: frames/s against cass_bag's pipeline (GPU only,
+  with ray among the wheels);
 - text encoding of 100 new class names (80 templates each);
 - the node's own per-frame overhead (benchmarks/bench_node.py, where rclpy
   and the built cass_ros messages exist);
@@ -318,6 +321,40 @@ def bag_rows(clip: str, dino: str, device: str, frames_n: int, batches: Sequence
         bag_tool._load_segmenter = real_load
 
 
+FLEET_BUDGET_S = 150.0    # the cass_fleet rows, Ray's start and the actors' model loads included
+
+
+def fleet_rows(dry: bool, device: str, seconds_left: float, rows: list[Row]) -> None:
+    """cass_fleet on the GPU (benchmarks/bench_fleet.py, issue 17): frames/s
+    with one actor on the GPU and two sharing it, ``--batch 8``, against
+    cass_bag's pipeline on the same bags. GPU only: Ray and its workers are
+    not what a dry run checks; needs ray among the wheels (make gpu-wheels)."""
+    name = "cass_fleet, 2 bags x 40 frames"
+    if dry:
+        rows.append(Row(name, None, "frames/s", note="dry run: measured on a GPU only"))
+        return
+    if importlib.util.find_spec("ray") is None:
+        rows.append(Row(name, None, "frames/s", note="skipped: ray is not installed here"))
+        return
+    if seconds_left < COMPILE_BUDGET_S + FLEET_BUDGET_S:
+        rows.append(Row(name, None, "frames/s", note="skipped: the 8-minute budget is spent"))
+        return
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_fleet.py"), "--full", "--device",
+           device, "--gpus-per-worker", "0.5", "--workers", "1", "2", "--batch", "8",
+           "--bags", "2", "--frames", "40"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=FLEET_BUDGET_S,
+                             check=True).stdout
+    except (subprocess.SubprocessError, OSError) as e:
+        rows.append(Row(name, None, "frames/s", note=f"failed: {type(e).__name__}"))
+        return
+    for line in out.splitlines():        # | run | workers | frames | wall | start-up | fps | ...
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0].startswith(("cass_bag pipeline", "cass_fleet")):
+            rows.append(Row(f"{cells[0]}, --batch 8, 0.5 GPU per worker", float(cells[5]),
+                            "frames/s", note=f"overhead {cells[6]}"))
+
+
 def node_row(dry: bool, device: str, rows: list[Row]) -> None:
     """benchmarks/bench_node.py in a subprocess, where rclpy and the built
     cass_ros messages are importable."""
@@ -440,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bag_rows(clip, dino, device, args.bag_frames or (6 if dry else 200), (1, cams),
                  frame_flops, rows)
     node_row(dry, device, rows)
+    fleet_rows(dry, device, BUDGET_S - (time.perf_counter() - started), rows)
     rows.append(compiled_row(models, device, prompt_set, n, 1 if dry else 20, mode, frame_flops,
                              BUDGET_S - (time.perf_counter() - started)))
     title = (f"CLIP ViT-B/16 + DINO ViT-B/8 RANDOM weights, {FRAME[1]} x {FRAME[0]} frames, "

@@ -24,13 +24,21 @@ SITE=${CASS_GPU_SITE:-${TMPDIR:-/tmp}/cass_gpu_site}
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 # module -> distribution, for what the library, cass_bag and the check import
-missing=$("$PY" - <<'PY'
-import importlib.util
+missing=$("$PY" - "$WHEELS" <<'PY'
+import glob, importlib.util, sys
 need = {"open_clip": "open_clip_torch", "ftfy": "ftfy", "wcwidth": "wcwidth", "regex": "regex",
         "scipy": "scipy", "cv2": "opencv-python-headless", "yaml": "PyYAML", "tqdm": "tqdm",
         "PIL": "pillow", "huggingface_hub": "huggingface_hub", "safetensors": "safetensors",
         "torchvision": "torchvision", "timm": "timm", "rosbags": "rosbags", "apsw": "apsw",
         "lz4": "lz4", "ruamel.yaml": "ruamel.yaml", "numpy": "numpy"}
+# cass_fleet's rows (Ray), only where the wheel folder brings ray
+if glob.glob(f"{sys.argv[1]}/ray-*.whl"):
+    need.update({"ray": "ray", "msgpack": "msgpack", "google.protobuf": "protobuf",
+                 "jsonschema": "jsonschema", "jsonschema_specifications": "jsonschema-specifications",
+                 "referencing": "referencing", "rpds": "rpds-py", "attrs": "attrs",
+                 "click": "click", "filelock": "filelock", "requests": "requests",
+                 "charset_normalizer": "charset-normalizer", "idna": "idna", "urllib3": "urllib3",
+                 "certifi": "certifi", "packaging": "packaging"})
 def have(module):
     try:
         return importlib.util.find_spec(module) is not None
