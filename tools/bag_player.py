@@ -462,7 +462,8 @@ class BagPlayer:
         ok = self.wait_for(lambda rec, f=found: _objects_topic(rec, stamp, f), timeout)
         if ok:
             base = found[0].rsplit("/", 1)[0]
-            siblings = [t for t in (f"{base}/segmentation", f"{base}/segmentation/color")
+            siblings = [t for t in (f"{base}/segmentation", f"{base}/segmentation/color",
+                                    f"{base}/instances", f"{base}/instance_objects")
                         if t in self._subs]
             ok = self.wait_for(lambda rec: all(_has_stamp(rec, t, stamp) for t in siblings),
                                timeout)

@@ -83,6 +83,7 @@ def test_query_labels_equal_a_node_started_with_those_prompts(live: Any) -> None
     from cass_ros.ros.node import CassNode
 
     labels_msg = _send(live)
+    live.h.wait_message("cass/classes")       # the latched table, before counting
     classes_before = len(live.h.got("cass/classes"))
     answer = _call(live, live.query, prompts=QUESTION, return_labels=True)
     assert answer.success, answer.error
