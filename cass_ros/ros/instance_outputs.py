@@ -25,6 +25,7 @@ from ..core.objects.instances import Instances, find_instances
 from ..core.objects.tracks import Track, Tracker
 from ..core.result import SegmentationResult
 from .depth_messages import geometry_fields
+from .vision import detection_fields
 
 INSTANCE_MODULO = 65535     # instance bits: track id % 65535 + 1 (0 = no instance)
 
@@ -107,19 +108,10 @@ def instance_detection_fields(objs: FrameObjects, class_names: list[str]
     """One vision_msgs Detection2D (fields, without header) per published
     track: id = the track id (vision_msgs' tracking id), the instance's box,
     class name and mean confidence."""
-    out = []
-    for f in instance_fields(objs, class_names):
-        b = f["bbox"]
-        x, y, w, h = b["x_offset"], b["y_offset"], b["width"], b["height"]
-        out.append({
-            "results": [{"hypothesis": {"class_id": f["label"],
-                                        "score": f["mean_confidence"]}}],
-            "bbox": {"center": {"position": {"x": x + w / 2.0, "y": y + h / 2.0},
-                                "theta": 0.0},
-                     "size_x": float(w), "size_y": float(h)},
-            "id": str(f["id"]),
-        })
-    return out
+    return [detection_fields(str(f["id"]), f["label"], f["mean_confidence"],
+                             (f["bbox"]["x_offset"], f["bbox"]["y_offset"], f["bbox"]["width"],
+                              f["bbox"]["height"]))
+            for f in instance_fields(objs, class_names)]
 
 
 def instances_msg(labels: np.ndarray, objs: FrameObjects, header: Any) -> Any:

@@ -60,20 +60,22 @@ def detections_fields(result: SegmentationResult, min_pixels: int = 1) -> list[d
     """One Detection2D (without header) per present class, as field
     dictionaries. Built from ``result.objects`` so the objects message and
     the detections cannot disagree on presence, box or confidence."""
-    out = []
-    for obj in result.objects(min_pixels):
-        if not obj["present"]:
-            continue
-        x, y, w, h = obj["bbox"]
-        out.append({
-            "results": [{"hypothesis": {"class_id": obj["label"],
-                                        "score": float(obj["mean_confidence"])}}],
-            "bbox": {"center": {"position": {"x": x + w / 2.0, "y": y + h / 2.0},
-                                "theta": 0.0},
-                     "size_x": float(w), "size_y": float(h)},
-            "id": detection_id(result.prompt_id, obj["class_id"]),
-        })
-    return out
+    return [detection_fields(detection_id(result.prompt_id, obj["class_id"]), obj["label"],
+                             obj["mean_confidence"], obj["bbox"])
+            for obj in result.objects(min_pixels) if obj["present"]]
+
+
+def detection_fields(det_id: str, label: str, score: float, box: Sequence[int]
+                     ) -> dict[str, Any]:
+    """One Detection2D (without header) as field dictionaries: a pixel box
+    (x, y, w, h) in pixel-edge coordinates, one hypothesis (label, score)."""
+    x, y, w, h = (int(v) for v in box)
+    return {
+        "results": [{"hypothesis": {"class_id": label, "score": float(score)}}],
+        "bbox": {"center": {"position": {"x": x + w / 2.0, "y": y + h / 2.0}, "theta": 0.0},
+                 "size_x": float(w), "size_y": float(h)},
+        "id": det_id,
+    }
 
 
 def label_info_fields(prompt_set: PromptSet, prob_threshold: float) -> dict[str, Any]:
@@ -137,6 +139,6 @@ def label_info_msg(prompt_set: PromptSet, header: Any, prob_threshold: float) ->
 
 
 __all__: Sequence[str] = (
-    "vision_msgs_missing", "detection_id", "detections_fields", "label_info_fields",
+    "vision_msgs_missing", "detection_id", "detection_fields", "detections_fields", "label_info_fields",
     "detections_msg", "detections_msg_from", "label_info_msg", "DETECTIONS_TYPE", "LABEL_INFO_TYPE",
 )
