@@ -86,6 +86,29 @@ def new_names(count: int) -> list[tuple[str, ...]]:
     return [(f"object {uuid.uuid4().hex[:8]}",) for _ in range(count)]
 
 
+def bench_describe(seg: Segmenter, frame: np.ndarray, iters: int
+                   ) -> list[tuple[str, str, float, float | None]]:
+    """/cass/describe's library half over the shipped vocabulary: its
+    encoding once (cold: 80 templates per name, what the node does in the
+    background at the first call), then the ranking on a kept frame."""
+    from cass_ros.core.queries.describe import describe
+    from cass_ros.core.queries.vocabulary import VocabularyEncoder, read_vocabulary
+
+    entries = read_vocabulary()
+    enc = VocabularyEncoder(seg.text_embedder, entries)
+    t0 = time.perf_counter()
+    enc.start()
+    enc.join()
+    cold_ms = (time.perf_counter() - t0) * 1000.0
+    text = enc.text()
+    features = seg.encode([frame])
+    ms = samples_ms(lambda: describe(features, entries, text, top_k=10), iters)
+    names = len(set(enc.names))
+    return [("describe", f"encode the shipped vocabulary ({len(entries)} entries, {names} "
+                         "names), cold", cold_ms, None),
+            ("describe", "top 10 of the shipped vocabulary on a kept frame", *p50_p99(ms))]
+
+
 def bench_prepare(seg: Segmenter) -> list[tuple[str, str, float, float | None]]:
     """Rows for the prompt preparation: new phrases, then cached ones."""
     rows = []
@@ -234,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--tiny", action="store_true", help="the tests' tiny random models (fast)")
     p.add_argument("--profile", action="store_true", help="profile a sliding decode, 3 phrases")
+    p.add_argument("--describe", action="store_true",
+                   help="also /cass/describe over the shipped vocabulary (its cold encoding "
+                   "takes about a minute on the CPU at full size)")
     args = p.parse_args(argv)
     if args.iters < 1 or args.frames < 1 or args.threads < 1:
         p.error("--iters, --frames and --threads must be >= 1")
@@ -266,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += mode_rows
         assert seg is not None
         rows += bench_prepare(seg)
+        if args.describe:
+            rows += bench_describe(seg, frame, args.iters)
         print("| mode | measurement | ms p50 (or MB) | ms p99 |")
         print("| --- | --- | --- | --- |")
         for mode, name, p50, p99 in rows:
