@@ -10,7 +10,6 @@ namespace); subprocesses inherit the environment.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import subprocess
@@ -72,15 +71,32 @@ class Harness:
         self.executor.add_node(self.node)
         self.messages: dict[str, list[Any]] = defaultdict(list)
         self._lock = threading.Lock()
+        self.spin_error: Exception | None = None
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
+        """The executor's spin, surviving what tests do from their own
+        thread. A publisher or subscription destroyed there while the
+        executor waits on it (a publisher's QoS event handler is a waitable)
+        makes rclpy raise InvalidHandle here; rclpy's own spin() then ends,
+        and the harness would silently stop recording (seen as a class
+        table that never arrived in a full run). The wait is retried instead:
+        the destroyed entity is gone from the next wait set."""
         from rclpy.executors import ExternalShutdownException
 
-        # the executor ends with the context; any error then is shutdown noise
-        with contextlib.suppress(ExternalShutdownException, Exception):
-            self.executor.spin()
+        while self.context.ok() and not self._closing.is_set():
+            try:
+                self.executor.spin_once()
+            except ExternalShutdownException:
+                return
+            except Exception as e:  # noqa: BLE001
+                if self._closing.is_set() or not self.context.ok():
+                    return              # the executor ends with the context: shutdown noise
+                if type(e).__name__ != "InvalidHandle":
+                    self.spin_error = e     # said by got(): no silent deafness
+                    return
 
     def topic(self, name: str) -> str:
         """Absolute name of ``name`` in the test namespace."""
@@ -105,6 +121,8 @@ class Harness:
                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
     def got(self, key: str) -> list[Any]:
+        if self.spin_error is not None:
+            raise AssertionError(f"the test node stopped spinning: {self.spin_error!r}")
         with self._lock:
             return list(self.messages[self.topic(key)])
 
@@ -142,6 +160,7 @@ class Harness:
     def close(self) -> None:
         import rclpy
 
+        self._closing.set()
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
