@@ -50,7 +50,9 @@ NUMPY_APT = "1.26.4"  # Ubuntu 24.04 (noble), the Python of Jazzy and Kilted
 PYTHON_ROBOT = "3.12"
 # What requirements-ros.txt may bring (canonical names): open_clip_torch and
 # its requirements that neither apt nor a rosdep key provides.
-EXPECTED_FROM_REQUIREMENTS_ROS = {"open-clip-torch", "ftfy", "regex", "wcwidth"}
+EXPECTED_FROM_REQUIREMENTS_ROS = {"open-clip-torch", "ftfy", "regex", "wcwidth",
+                                  # cass_bag's Foxglove MCAP input and what it needs
+                                  "mcap", "mcap-protobuf-support", "protobuf", "zstandard"}
 # The distributions that apt and the rosdep keys of package.xml install
 # (their own requirements follow, numpy excepted: the venv has apt's).
 APT_AND_ROSDEP = ["torch", "torchvision", "scipy", "opencv-python-headless", "pillow", "PyYAML",
@@ -205,7 +207,7 @@ def test_requirements_ros_text() -> None:
     lines = [ln.split("#", 1)[0].strip() for ln in REQUIREMENTS_ROS.read_text().splitlines()]
     reqs = [ln for ln in lines if ln]
     names = {_canon(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in reqs}
-    assert names == {"open-clip-torch", "ftfy", "regex"}, names
+    assert names == {"open-clip-torch", "ftfy", "regex", "mcap", "mcap-protobuf-support"}, names
     assert not any("==" in r for r in reqs), reqs
 
 
@@ -350,6 +352,8 @@ DECLARED_BY = {
     "rosbags": "python3-rosbags-pip",
     "apsw": "python3-rosbags-pip",  # a requirement of rosbags (its .db3 storage)
     "open_clip": "requirements-ros.txt:open_clip_torch",
+    "mcap": "requirements-ros.txt:mcap",                      # bag/inputs/foxglove.py
+    "mcap_protobuf": "requirements-ros.txt:mcap-protobuf-support",
     "rclpy": "rclpy",
     "std_msgs": "std_msgs",
     "sensor_msgs": "sensor_msgs",

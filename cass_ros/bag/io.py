@@ -42,6 +42,7 @@ from ..ros.vision import DETECTIONS_TYPE, LABEL_INFO_TYPE, detections_fields, la
 
 from ..core.prompts import PromptSet
 from ..core.result import SegmentationResult
+from . import inputs
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,8 @@ def open_writer(path: str | os.PathLike, storage: str = "mcap") -> Writer:
 # Reading: a bag directory, one storage file, or what a crash left of a bag
 
 STORAGE_SUFFIXES = (".mcap", ".db3")
+# A file given as the bag: a storage file, or a ROS 1 bag (bag.inputs).
+BAG_FILE_SUFFIXES = (*STORAGE_SUFFIXES, inputs.ROS1_SUFFIX)
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 # MCAP opcodes: the records a data section may hold, and the two that end it.
 _MCAP_DATA_RECORDS = range(0x03, 0x0F)
@@ -219,8 +222,10 @@ _MCAP_FOOTER, _MCAP_DATA_END = 0x02, 0x0F
 # rosbags' errors for a bag it cannot open, and apsw's for a .db3 that is
 # not a database (apsw.Error shares no base class with them).
 _OPEN_ERRORS = (ReaderError, OSError, ValueError, KeyError, apsw.Error)
-# A whole bag (rosbags' Reader), or one storage file read on its own.
-_Storage = Reader | McapReader | Sqlite3Reader
+# A whole bag (rosbags' Reader), one storage file read on its own, or a
+# recording of another tool converted (bag.inputs; typed loosely here, as
+# that package imports this module).
+_Storage = Reader | McapReader | Sqlite3Reader | Any
 
 
 @dataclass
@@ -247,9 +252,13 @@ class InputBag:
         wanted = {c.id for c in connections}
         for storage, own in zip(self._storages, self._own):
             mine = [c for c in storage.connections if own[c.id].id in wanted]
-            if mine:
+            if not mine:
+                continue
+            try:
                 for conn, t_ns, raw in storage.messages(mine):
                     yield own[conn.id], t_ns, raw
+            except ReaderError as e:  # a storage file damaged past its start
+                raise BagError(f"cannot read bag {self.path}: {_one_line(e)}") from None
 
     def close(self) -> None:
         for storage in self._storages:
@@ -264,7 +273,9 @@ class InputBag:
 
 
 def open_input_bag(path: str | os.PathLike) -> InputBag:
-    """Open a rosbag2 directory or one of its .mcap / .db3 files for reading.
+    """Open a rosbag2 directory or one of its .mcap / .db3 files for reading;
+    or a recording of another tool (bag.inputs): a ROS 1 .bag file, an MCAP
+    file of another profile than ros2 (Foxglove's).
 
     A directory whose metadata.yaml is missing or unreadable (a recording
     that was never closed) is read from its storage files; an .mcap file cut
@@ -272,6 +283,9 @@ def open_input_bag(path: str | os.PathLike) -> InputBag:
     else that is not a readable bag raises BagError with one line saying why.
     """
     path = Path(path)
+    if inputs.is_foreign(path):
+        storages, _ = _open_storage_files(path, [path])
+        return _input_bag(path, storages, storages[0].metadata.message_count)
     try:
         reader = Reader(path)
         reader.open()
@@ -318,27 +332,38 @@ def _open_storage_files(path: Path, files: list[Path]) -> tuple[list[_Storage], 
 
 
 def _input_bag(path: Path, storages: list[_Storage], message_count: int) -> InputBag:
-    """Storages' connections merged by (topic, type), as one bag."""
+    """Storages' connections merged by (topic, type), as one bag; every type
+    named as ``pkg/msg/Type`` (``normalize_msgtype``), so that what reads the
+    bag and the typestore that deserialises its messages need one name only."""
     first: dict[tuple[str, str], Connection] = {}
     counts: dict[tuple[str, str], int] = {}
     for storage in storages:
         for c in storage.connections:
-            key = (c.topic, c.msgtype)
-            first.setdefault(key, c)
+            key = (c.topic, normalize_msgtype(c.msgtype))
+            first.setdefault(key, c._replace(msgtype=key[1]))
             counts[key] = counts.get(key, 0) + c.msgcount
     merged = {key: c._replace(id=i, msgcount=counts[key])
               for i, (key, c) in enumerate(first.items(), start=1)}
-    own = [{c.id: merged[(c.topic, c.msgtype)] for c in s.connections} for s in storages]
+    own = [{c.id: merged[(c.topic, normalize_msgtype(c.msgtype))] for c in s.connections}
+           for s in storages]
     starts = [s.start_time if isinstance(s, Reader) else s.metadata.start_time for s in storages]
     return InputBag(path, list(merged.values()), min(starts, default=2**63 - 1), message_count,
                     _storages=storages, _own=own)
+
+
+def normalize_msgtype(msgtype: str) -> str:
+    """``pkg/msg/Type`` for ``pkg/Type``, the name older rosbag2 releases,
+    some MCAP writers and ROS 1 give a message type (docs/ros-interface.md,
+    cass_bag); any other name unchanged."""
+    parts = msgtype.split("/")
+    return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 and all(parts) else msgtype
 
 
 def _storage_files(path: Path) -> list[Path]:
     """The .mcap / .db3 files of a bag directory in recording order
     (``name_2`` before ``name_10``), or the file itself."""
     if path.is_file():
-        return [path] if path.suffix in STORAGE_SUFFIXES else []
+        return [path] if path.suffix in BAG_FILE_SUFFIXES else []
     if not path.is_dir():
         return []
 
@@ -361,8 +386,8 @@ def _why_not_a_bag(path: Path, error: BaseException) -> str:
         held = f"it holds {len(list(path.iterdir()))} other file(s)" if any(path.iterdir()) \
             else "it is empty"
         return f"not a rosbag2 directory: no metadata.yaml and no .mcap or .db3 file ({held})"
-    return (f"not a rosbag2: expected a bag directory or an .mcap or .db3 file, "
-            f"not {path.suffix or 'a file without a suffix'}")
+    return (f"not a rosbag2: expected a bag directory, an .mcap or .db3 file or a ROS 1 "
+            f".bag file, not {path.suffix or 'a file without a suffix'}")
 
 
 def _one_line(error: BaseException) -> str:
@@ -371,10 +396,12 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _open_storage_file(path: Path) -> tuple[McapReader | Sqlite3Reader, str]:
+def _open_storage_file(path: Path) -> tuple[_Storage, str]:
     """An opened rosbags storage reader of one file, and where it was cut
     short ("" when it is whole). Raises ReaderError (or apsw.Error) when
     nothing of it can be read."""
+    if inputs.is_foreign(path):
+        return inputs.open_foreign(path), ""
     if path.suffix == ".db3":
         db = Sqlite3Reader(path)
         db.open()
