@@ -261,6 +261,17 @@ def plan_bag(opts: BagToolOptions) -> BagPlan:
                        bag.message_count, list(bag.cut_short))
 
 
+def nothing_segmented(frames_in: int, frames_bad: int, frames_without_prompts: int) -> str:
+    """Why a run segmented no frame, in one line: cass_bag exits 1 with it
+    and cass_fleet fails the bag with it (docs/ros-interface.md, cass_bag)."""
+    if not frames_in:
+        return "no frame segmented: the chosen image topics hold no message"
+    why = [f"{n} {what}" for n, what in ((frames_bad, "could not be decoded"),
+                                         (frames_without_prompts,
+                                          "came before the first prompt set")) if n]
+    return f"no frame segmented: of {frames_in} frame(s), {' and '.join(why)}"
+
+
 def chunking_refused(opts: BagToolOptions) -> str | None:
     """Why these settings cannot run a bag in chunks (``frame_range``), or
     None: temporal smoothing, presence hysteresis and tracks carry state

@@ -4,8 +4,10 @@
     cass_bag INPUT_BAG --out OUTPUT_BAG [--params-file YAML] [--topics T ...]
              [--overlays DIR] [--summary FILE] [--overwrite] [--batch N]
 
-Exit codes: 0 done; 2 bad arguments, settings, bag or weights (one line on
-stderr, ``cass_bag: error: ...``); 130 interrupted.
+Exit codes: 0 done; 1 no frame segmented (every frame undecodable or
+before the first prompt set, or none at all: one line says which); 2 bad
+arguments, settings, bag or weights (one line on stderr, ``cass_bag:
+error: ...``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..bag import tool as bag_tool
 from ..core.config import ConfigError
 from ..core.prompts import PromptError
 
+EXIT_NOTHING_SEGMENTED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -104,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cass_bag: overlays in {opts.overlays}")
     if opts.summary is not None:
         print(f"cass_bag: summary in {opts.summary}")
+    if not report.frames_out:
+        why = bag_tool.nothing_segmented(report.frames_in, report.frames_bad,
+                                         report.frames_without_prompts)
+        print(f"cass_bag: error: {why}", file=sys.stderr)
+        return EXIT_NOTHING_SEGMENTED
     return 0
 
 

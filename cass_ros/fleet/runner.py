@@ -485,15 +485,12 @@ def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any]
     if b.failed:
         return False                  # already recorded
     if not got["ok"]:
-        b.failed = got["reason"]
-        manifest.set_status(b.bag, "failed", reason=b.failed, frames=0, seconds=0.0,
-                            frames_per_second=None, prompt_ids=[])
-        shutil.rmtree(b.tmp, ignore_errors=True)
-        result.failed += 1
-        return True
+        return _fail(manifest, b, got["reason"], result)
     b.results[job.k] = got["report"]
     if any(r is None for r in b.results):
         return False
+    if not any(r["frames_out"] for r in b.results if r is not None):
+        return _fail(manifest, b, _nothing_segmented(b.results), result)
     try:
         _finish_bag(fo, b)
     except (OSError, bag_io.BagError) as e:
@@ -512,6 +509,23 @@ def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any]
         prompt_ids=sorted({i for r in reports for i in r["prompt_ids"]}), counts=counts)
     result.done += 1
     result.frames += frames
+    return True
+
+
+def _nothing_segmented(results: list[dict[str, Any] | None]) -> str:
+    """cass_bag's one line for a bag of which no frame was segmented."""
+    reports = [r for r in results if r is not None]
+    return bag_tool.nothing_segmented(*(sum(r[k] for r in reports) for k in
+                                        ("frames_in", "frames_bad", "frames_without_prompts")))
+
+
+def _fail(manifest: Manifest, b: _Bag, reason: str, result: FleetResult) -> bool:
+    """A bag that ran but failed as a whole: recorded "failed", its parts removed."""
+    b.failed = reason
+    manifest.set_status(b.bag, "failed", reason=reason, frames=0, seconds=0.0,
+                        frames_per_second=None, prompt_ids=[])
+    shutil.rmtree(b.tmp, ignore_errors=True)
+    result.failed += 1
     return True
 
 
