@@ -77,8 +77,8 @@ def _not_bags(tmp: Path, small_bag) -> dict[str, tuple[Path, str]]:
         "empty dir": (empty, "not a rosbag2 directory: no metadata.yaml and no .mcap or .db3 "
                              "file (it is empty)"),
         "dir of PNGs": (pngs, "no metadata.yaml and no .mcap or .db3 file (it holds 3 other"),
-        "random file": (tmp / "notes.bin", "not a rosbag2: expected a bag directory or an "
-                                           ".mcap or .db3 file, not .bin"),
+        "random file": (tmp / "notes.bin", "not a rosbag2: expected a bag directory, an "
+                                           ".mcap or .db3 file or a ROS 1 .bag file, not .bin"),
         "random .mcap": (tmp / "noise.mcap", "not an MCAP file"),
         "random .db3": (tmp / "noise.db3", "file is not a database"),
         "folder of bags": (small_bag.path.parent, "not a rosbag2 directory, but it holds the "
