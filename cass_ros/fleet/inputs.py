@@ -1,17 +1,19 @@
 """cass_fleet's inputs: which bags, and where each one's outputs go
 (docs/ros-interface.md, cass_fleet).
 
-An INPUT is a bag (a rosbag2 folder, or one ``.mcap`` / ``.db3`` file), a
+An INPUT is a bag (a rosbag2 folder, one ``.mcap`` / ``.db3`` file, or a
+ROS 1 ``.bag`` file: docs/ros-interface.md, cass_bag's input kinds), a
 folder searched recursively for bags, or ``@list.txt``: one INPUT a line
 (``#`` starts a comment; relative paths are relative to the list's folder).
 A folder is a bag when it holds ``metadata.yaml`` or storage files of its
 own (a recording never closed has no metadata.yaml: cass_bag reads its
-files, so this does too); the search does not look inside a bag. A folder
+files, so this does too); the search does not look inside a bag, and takes
+each ROS 1 ``.bag`` file of other folders as a bag of its own. A folder
 given as an INPUT in which no bag is found is kept as one "bag": cass_bag's
 reading then says why it is none, and the manifest records it as failed.
 
 Outputs: ``DIR/<the bag's path relative to the bags' common folder>/``, a
-storage file's suffix dropped (``a/rec.mcap`` -> ``DIR/a/rec/``).
+bag file's suffix dropped (``a/rec.mcap`` -> ``DIR/a/rec/``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bag.io import STORAGE_SUFFIXES
+from ..bag.inputs import ROS1_SUFFIX
+from ..bag.io import BAG_FILE_SUFFIXES, STORAGE_SUFFIXES
 
 
 class InputError(ValueError):
@@ -37,9 +40,9 @@ class BagInput:
 
 
 def is_bag(path: Path) -> bool:
-    """A rosbag2 folder, or a storage file."""
+    """A rosbag2 folder, a storage file or a ROS 1 bag file."""
     if path.is_file():
-        return path.suffix in STORAGE_SUFFIXES
+        return path.suffix in BAG_FILE_SUFFIXES
     if not path.is_dir():
         return False
     if (path / "metadata.yaml").is_file():
@@ -54,11 +57,12 @@ def find_bags(folder: Path, exclude: Path | None = None) -> list[Path]:
     if is_bag(folder):
         return [folder]
     found: list[Path] = []
-    for root, dirs, _files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):
         here = Path(root)
         dirs[:] = [d for d in dirs if here / d != exclude]
         bags = {d for d in dirs if is_bag(here / d)}
         found.extend(here / d for d in bags)
+        found.extend(here / f for f in files if Path(f).suffix == ROS1_SUFFIX)
         dirs[:] = sorted(d for d in dirs if d not in bags)  # never inside a bag
         # (storage files directly in a folder make it a bag: none are here)
     return sorted(found)
@@ -114,7 +118,7 @@ def collect(items: list[str], cwd: Path | None = None, out: Path | None = None
     by_output: dict[str, Path] = {}
     for p in paths:
         rel = p.relative_to(root)
-        if p.is_file() and p.suffix in STORAGE_SUFFIXES:
+        if p.is_file() and p.suffix in BAG_FILE_SUFFIXES:
             rel = rel.with_suffix("")
         output = rel.as_posix()
         if output in by_output:
