@@ -24,12 +24,12 @@ VOC_BACKGROUND = (
 )
 
 ATTENTION_STRATEGIES = ("spectral", "sequential", "vanilla")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "mixed")
 # torch.compile modes for the ViT trunks (docs/ros-interface.md, Model: compile).
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 # CPU kernels of the ViTs (docs/ros-interface.md, Model: cpu_kernels);
 # core.cpu_kernels says why.
-CPU_KERNELS = ("onednn", "torch")
+CPU_KERNELS = ("auto", "onednn", "torch")
 # The device grammar (docs/ros-interface.md, Model): parse_device reads it.
 DEVICE_GRAMMAR = "auto, cpu, cuda or cuda:N"
 
@@ -140,16 +140,18 @@ class CassConfig:
     device: str = _model(
         "auto", "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     precision: str = _model(
-        "auto", "Inference precision; auto = fp16 on CUDA, fp32 on CPU", choices=PRECISIONS)
+        "auto", "Inference precision; auto = fp16 on CUDA, fp32 on CPU; mixed = the ViT trunks "
+        "in bf16 (fp16 on CUDA) except their last blocks and the spectral step's inputs",
+        choices=PRECISIONS)
     compile: str = _model(
         "none", "torch.compile the ViT trunks: none (eager), default, reduce-overhead (CUDA "
         "graphs on CUDA) or max-autotune; each new input size compiles first (tens of seconds; the "
         "node warms up at start-up)", choices=COMPILE_MODES)
     cpu_kernels: str = _model(
-        "onednn", "On the CPU in fp32: onednn runs the linear layers of the ViTs and the text "
-        "tower through oneDNN and "
-        "keeps freed memory in the C heap (the same fp32 arithmetic, faster); torch keeps "
-        "torch's default kernels and allocator", choices=CPU_KERNELS)
+        "auto", "On the CPU in fp32: which kernels run the linear layers of the ViTs and the "
+        "text tower (the same fp32 arithmetic): auto times torch's and oneDNN's at start-up and "
+        "takes the faster, onednn or torch force one; all but torch keep freed memory in the C "
+        "heap", choices=CPU_KERNELS)
     # Algorithm (docs/algorithm.md section 0; VOC21 profile). The preset is
     # applied once, under the given values, when the config is built: a
     # running node cannot re-apply it.

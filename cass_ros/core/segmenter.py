@@ -22,8 +22,9 @@ import torch
 
 from .config import MODEL, CassConfig, ConfigError, group_names, parse_device
 from .c_heap import keep_freed_memory
-from .cpu_kernels import onednn_linear, select_linear
+from .cpu_kernels import LinearShape, onednn_linear, select_linear
 from .models import CassModels, check_pair, load_models
+from .precision import PrecisionPlan, resolve_plan
 from .preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -42,7 +43,7 @@ from .spectral import SpectralParams, cass_attention, gaussian_prior, resize_din
 from .temporal import StreamFrame
 from .text import TextEmbedder, cluster_names
 from .timing import StageTimer
-from .vit_features import ClipVision, DinoKeys
+from .vit_features import ClipVision, DinoKeys, LowBlocks
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +71,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the ViT matmuls (None = plain fp32)."""
-    if name == "fp32" or (name == "auto" and device.type == "cpu"):
-        return None
-    if name in ("auto", "fp16"):
-        if device.type != "cuda":
-            raise ConfigError("parameter 'precision' fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-        return torch.float16
-    if name == "bf16":
-        return torch.bfloat16
-    raise ConfigError(f"parameter 'precision' must be auto, fp32, fp16 or bf16, not {name!r}")
+    """The dtype of the autocast around every ViT pass (None: none, as in
+    fp32 and mixed; core.precision.resolve_plan has the whole plan)."""
+    return resolve_plan(name, device).autocast
+
+
+# The rows (tokens x batch) a linear layer is timed with for ``cpu_kernels:
+# auto`` (cpu_kernels.choose_linear). Fewer than a frame's: DINO sees 1765
+# tokens of a VGA frame at short side 336 (4710 in sliding windows), but the
+# timing must stay a fraction of a second; and one count for every size and
+# preset keeps one choice per model in a process.
+TIMING_ROWS = 1024
+
+
+def linear_shapes(models: CassModels) -> list[LinearShape]:
+    """The trunks' linear layers as (TIMING_ROWS, in, out): every 2-D weight
+    of a block of CLIP's and DINO's trunks, each shape once."""
+    blocks = [*models.clip.visual.transformer.resblocks, *models.dino.blocks]
+    return sorted({(TIMING_ROWS, p.shape[1], p.shape[0])
+                   for blk in blocks for p in blk.parameters() if p.dim() == 2})
 
 
 # Settings that select or place the models (config's MODEL group); the
@@ -128,21 +138,27 @@ class _Batch:
 class Segmenter:
     """CASS on one device. Thread-safe for one ``segment`` call at a time."""
 
-    def __init__(self, config: CassConfig, models: CassModels | None = None) -> None:
+    def __init__(self, config: CassConfig, models: CassModels | None = None, *,
+                 precision_plan: PrecisionPlan | None = None) -> None:
+        """``precision_plan`` overrides what ``precision`` resolves to
+        (core.precision): the tests and benchmarks judge CUDA's modes on
+        the CPU with it (fp16 autocast runs on the CPU too, slowly)."""
         self.config = config.validate()
         self.device = resolve_device(config.device)
-        self.amp_dtype = resolve_precision(config.precision, self.device)
+        self.plan = precision_plan or resolve_plan(config.precision, self.device)
+        self.amp_dtype = self.plan.autocast
         if models is None:
             models = load_models(config)
         else:
             check_pair(models.clip, models.dino)
         self.models = models.to(self.device)
         self.linear = select_linear(config.cpu_kernels, self.device, self.amp_dtype,
-                                    compiled=config.compile != "none")
-        if self.device.type == "cpu" and config.cpu_kernels == "onednn":
+                                    compiled=config.compile != "none",
+                                    shapes=linear_shapes(self.models))
+        if self.device.type == "cpu" and config.cpu_kernels != "torch":
             keep_freed_memory()
-        self.clip = ClipVision(self.models.clip, self.linear)
-        self.dino = DinoKeys(self.models.dino, self.linear)
+        self.clip = ClipVision(self.models.clip, self.linear, self._low_blocks("clip"))
+        self.dino = DinoKeys(self.models.dino, self.linear, self._low_blocks("dino"))
         if config.compile != "none":
             self.clip.compile(config.compile)
             self.dino.compile(config.compile)
@@ -191,8 +207,12 @@ class Segmenter:
                 self.segment([frame] * n, prepared)
         return time.perf_counter() - started
 
+    def _low_blocks(self, trunk: str) -> LowBlocks | None:
+        dtype = self.plan.low_dtype(trunk)
+        return None if dtype is None else LowBlocks(dtype, self.plan.fp32_tail, self.device.type)
+
     def describe(self) -> str:
-        precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
+        precision = self.plan.describe()
         compiled = "" if self.config.compile == "none" else f", compile {self.config.compile}"
         compiled += ", oneDNN linears" if self.linear is onednn_linear else ""
         return (f"{self.models.description} on {self.device} ({precision}{compiled}), attention "

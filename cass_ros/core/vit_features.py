@@ -6,14 +6,17 @@
   attention maps, no final LayerNorm).
 
 Eager blocks run through vit_blocks with the segmenter's linear layer
-(oneDNN on the CPU, cpu_kernels). The blocks before the last of each trunk
-can instead run through torch.compile (``compile``, docs/ros-interface.md,
-Model): ``ClipVision.compile``, ``DinoKeys.compile``.
+(oneDNN or torch's on the CPU, cpu_kernels). The blocks before the last of
+each trunk can instead run through torch.compile (``compile``,
+docs/ros-interface.md, Model): ``ClipVision.compile``, ``DinoKeys.compile``.
+With ``precision: mixed`` (``LowBlocks``) the early blocks of a trunk run in
+bf16 or fp16 and the rest in float32 (docs/algorithm.md 8).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +89,49 @@ class _Blocks(nn.Module):
         return x
 
 
-def compile_trunk(blocks: _Blocks, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+@dataclass(frozen=True)
+class LowBlocks:
+    """``precision: mixed`` for one trunk (core.precision): its blocks but
+    the last ``fp32_tail`` run under autocast to ``dtype`` on
+    ``device_type`` with the residual stream in float32; the last
+    ``fp32_tail`` blocks, and everything after the trunk, in float32."""
+
+    dtype: torch.dtype
+    fp32_tail: int
+    device_type: str
+
+
+class _MixedTrunk(nn.Module):
+    """Blocks in two runs: ``low`` under autocast with a float32 residual
+    stream (each block adds its low-precision branches to float32 tokens),
+    then ``high`` in float32."""
+
+    def __init__(self, low: _Blocks, high: _Blocks, mix: LowBlocks) -> None:
+        super().__init__()
+        self.low, self.high = low, high
+        self.dtype, self.device_type = mix.dtype, mix.device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            x = self.low(x.float())
+        with torch.autocast(self.device_type, enabled=False):
+            return self.high(x.float())
+
+
+def make_trunk(blocks: Sequence[nn.Module], linear: Linear | None,
+               mix: LowBlocks | None = None) -> nn.Module:
+    """The blocks before a trunk's last as one module: ``_Blocks`` (eager
+    with ``linear``, the library's forward without), or with ``mix`` a
+    ``_MixedTrunk``, whose low part uses F.linear (autocast must see it;
+    oneDNN's op would bypass it)."""
+    if mix is None:
+        return _Blocks(blocks, linear)
+    split = max(0, len(blocks) - mix.fp32_tail)
+    low_linear = F.linear if linear is not None else None
+    return _MixedTrunk(_Blocks(blocks[:split], low_linear), _Blocks(blocks[split:], linear), mix)
+
+
+def compile_trunk(blocks: nn.Module, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``blocks`` through torch.compile (``mode`` of config.COMPILE_MODES,
     not ``none``). Static shapes: each input size (and batch) compiles once.
     With CUDA graphs (reduce-overhead) the output lives in the graph's
@@ -101,7 +146,8 @@ class ClipVision:
     """open_clip's visual tower, split where CASS replaces the last block.
     ``linear`` computes every linear layer outside torch.compile."""
 
-    def __init__(self, clip: nn.Module, linear: Linear = F.linear) -> None:
+    def __init__(self, clip: nn.Module, linear: Linear = F.linear,
+                 mix: LowBlocks | None = None) -> None:
         self.visual = clip.visual
         v = self.visual
         self.patch = v.conv1.kernel_size[0]
@@ -111,13 +157,14 @@ class ClipVision:
         self.batch_first = getattr(v.transformer, "batch_first", True)
         self._pos = _PosCache()
         self.linear = linear
-        self._trunk = self._eager_trunk = _Blocks(v.transformer.resblocks[:-1], linear)
+        self.mix = mix
+        self._trunk = self._eager_trunk = make_trunk(v.transformer.resblocks[:-1], linear, mix)
         self._last = _Blocks(v.transformer.resblocks[-1:], linear)
 
     def compile(self, mode: str) -> None:
         """Run the blocks before the last through torch.compile (``none``: eager)."""
-        self._trunk = (self._eager_trunk if mode == "none" else
-                       compile_trunk(_Blocks(self._eager_trunk.blocks), mode))
+        self._trunk = (self._eager_trunk if mode == "none" else compile_trunk(
+            make_trunk(self.visual.transformer.resblocks[:-1], None, self.mix), mode))
 
     def _blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
         if not self.batch_first:
@@ -179,7 +226,8 @@ class DinoKeys:
     """timm's DINO ViT run up to the keys of its last block. ``linear``
     computes every linear layer outside torch.compile."""
 
-    def __init__(self, dino: nn.Module, linear: Linear = F.linear) -> None:
+    def __init__(self, dino: nn.Module, linear: Linear = F.linear,
+                 mix: LowBlocks | None = None) -> None:
         self.model = dino
         self.patch = dino.patch_embed.proj.kernel_size[0]
         prefix = getattr(dino, "num_prefix_tokens", 1)
@@ -190,12 +238,13 @@ class DinoKeys:
         self.num_heads = dino.blocks[-1].attn.num_heads
         self._pos = _PosCache()
         self.linear = linear
-        self._trunk = self._eager_trunk = _Blocks(dino.blocks[:-1], linear)
+        self.mix = mix
+        self._trunk = self._eager_trunk = make_trunk(dino.blocks[:-1], linear, mix)
 
     def compile(self, mode: str) -> None:
         """Run the blocks before the last through torch.compile (``none``: eager)."""
-        self._trunk = (self._eager_trunk if mode == "none" else
-                       compile_trunk(_Blocks(self._eager_trunk.blocks), mode))
+        self._trunk = (self._eager_trunk if mode == "none" else compile_trunk(
+            make_trunk(self.model.blocks[:-1], None, self.mix), mode))
 
     def last_keys(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """images (B, 3, S, S) ImageNet-normalised -> keys (B, h, n*n, d) of the

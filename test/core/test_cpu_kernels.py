@@ -1,7 +1,9 @@
 """core.cpu_kernels and the ``cpu_kernels`` setting: oneDNN's linear is
 F.linear's arithmetic (checked in float64), it is chosen only where it
-applies, the C heap keeps freed memory on glibc, and a segmenter gives the
-same labels with either kernel set. Tiny random models on the CPU."""
+applies, ``auto`` chooses by what it measured (never by a vendor), the C
+heap keeps freed memory on glibc, and a segmenter agrees with itself under
+either kernel set (the agreement rule). Tiny random models on the CPU; no
+assertion on a time."""
 
 from __future__ import annotations
 
@@ -13,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from cass_ros.core import cpu_kernels
-from cass_ros.core.agreement import compare_segmenters
+from cass_ros.core.agreement import AgreementRule, compare_segmenters
 from cass_ros.core.config import ConfigError, build_config
 from cass_ros.core.c_heap import keep_freed_memory, libc
-from cass_ros.core.cpu_kernels import onednn_available, onednn_linear
+from cass_ros.core.cpu_kernels import LinearTimings, onednn_available, onednn_linear
 from cass_ros.core.prompts import build_prompt_set
-from cass_ros.core.segmenter import Segmenter
+from cass_ros.core.segmenter import TIMING_ROWS, Segmenter, linear_shapes
 from cass_ros.core.vit_features import DinoKeys
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN linear")
@@ -51,11 +53,87 @@ def test_onednn_only_for_eager_fp32_on_the_cpu():
     assert select("onednn", CPU, torch.bfloat16, compiled=False) is F.linear  # autocast
     assert select("onednn", CPU, None, compiled=True) is F.linear
     assert select("onednn", torch.device("cuda"), None, compiled=False) is F.linear
+    shapes = [(8, 16, 32)]
+    for where, amp, compiled in ((torch.device("cuda"), None, False), (CPU, torch.bfloat16, False),
+                                 (CPU, None, True)):
+        assert select("auto", where, amp, compiled=compiled, shapes=shapes) is F.linear
+
+
+SHAPES = ((64, 32, 96), (64, 96, 32))
+
+
+def test_auto_takes_the_kernel_it_measured_faster():
+    """The choice is the measurement's: onednn exactly where it took under
+    ONEDNN_MARGIN of torch's time; the timings are cached per shape set."""
+    choice, timings = cpu_kernels.choose_linear(SHAPES)
+    assert timings.shapes == SHAPES and timings.torch_ms > 0
+    faster = (timings.onednn_ms is not None
+              and timings.onednn_ms < cpu_kernels.ONEDNN_MARGIN * timings.torch_ms)
+    assert choice == timings.choice == ("onednn" if faster else "torch")
+    assert cpu_kernels.choose_linear(list(SHAPES))[1] is timings  # measured once
+    want = onednn_linear if choice == "onednn" else F.linear
+    assert cpu_kernels.select_linear("auto", CPU, None, compiled=False, shapes=SHAPES) is want
+
+
+@pytest.mark.parametrize("onednn_ms, want", [(5.0, "onednn"), (9.5, "torch"), (20.0, "torch"),
+                                             (None, "torch")])
+def test_auto_follows_the_timings_and_logs_them(monkeypatch, onednn_ms, want):
+    """Given timings (torch 10 ms), auto picks by them, and one log line
+    names both times and the choice."""
+    fake = LinearTimings(SHAPES, 10.0, onednn_ms)
+    monkeypatch.setattr(cpu_kernels, "time_linears", _FakeTimer(fake))
+    monkeypatch.setattr(cpu_kernels, "onednn_available", lambda: onednn_ms is not None)
+    records = _Records(logging.INFO)
+    cpu_kernels.log.addHandler(records)
+    level = cpu_kernels.log.level
+    cpu_kernels.log.setLevel(logging.INFO)
+    try:
+        linear = cpu_kernels.select_linear("auto", CPU, None, compiled=False, shapes=SHAPES)
+    finally:
+        cpu_kernels.log.removeHandler(records)
+        cpu_kernels.log.setLevel(level)
+    assert linear is (onednn_linear if want == "onednn" else F.linear)
+    lines = [m for m in records.messages if m.startswith("cpu_kernels auto")]
+    onednn = "unavailable" if onednn_ms is None else f"{onednn_ms:.1f} ms"
+    assert lines == [f"cpu_kernels auto: torch 10.0 ms, onednn {onednn} per pass over 2 linear "
+                     f"shapes (64 rows); using {want}"]
+
+
+class _FakeTimer:
+    """time_linears' interface (a call, cache_info) returning given timings."""
+
+    def __init__(self, timings: LinearTimings) -> None:
+        self.timings, self.calls = timings, 0
+
+    def __call__(self, shapes):
+        self.calls += 1
+        return self.timings
+
+    def cache_info(self):
+        from functools import _CacheInfo
+
+        return _CacheInfo(0, 0, 16, self.calls)
+
+
+def test_segmenter_times_the_models_own_linear_shapes(tiny_models, monkeypatch):
+    """auto times every 2-D weight shape of both trunks' blocks, and the
+    segmenter runs what it chose."""
+    cfg = build_config(dict(device="cpu", short_side=64))
+    shapes = linear_shapes(tiny_models)
+    width = tiny_models.dino.embed_dim
+    assert {s[0] for s in shapes} == {TIMING_ROWS}
+    assert {s[1:] for s in shapes} == {(width, 3 * width), (width, width), (width, 4 * width),
+                                       (4 * width, width)}
+    seen = []
+    monkeypatch.setattr(cpu_kernels, "choose_linear",
+                        lambda s: seen.append(tuple(s)) or ("torch", None))
+    seg = Segmenter(cfg, models=tiny_models)
+    assert seen == [tuple(shapes)] and seg.linear is F.linear
 
 
 class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+    def __init__(self, level: int = logging.WARNING) -> None:
+        super().__init__(level)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -125,17 +203,18 @@ def test_segmenter_labels_equal_with_either_kernel(tiny_models):
     for slide in (0, 48):
         base = dict(device="cpu", short_side=64, slide_crop=slide, slide_stride=24)
         plain = Segmenter(build_config(dict(base, cpu_kernels="torch")), models=tiny_models)
-        fast = Segmenter(build_config(base), models=tiny_models)
+        fast = Segmenter(build_config(dict(base, cpu_kernels="onednn")), models=tiny_models)
         assert plain.linear is F.linear and "oneDNN" not in plain.describe()
         if onednn_available():
             assert fast.linear is onednn_linear and "oneDNN linears" in fast.describe()
         got = compare_segmenters(plain, fast, images, prompts, batch=2)
         print(f"cpu_kernels torch vs onednn, slide {slide}: {got.summary()}")
-        assert got.label_agreement >= 0.999, got.summary()
-        assert got.max_prob_diff <= 1e-4, got.summary()
+        AgreementRule(min_share=0.999, max_prob_diff=1e-4).check(got)
         assert not got.head_mismatches
 
 
 def test_unknown_cpu_kernels():
-    with pytest.raises(ConfigError, match="parameter 'cpu_kernels' must be one of onednn, torch"):
+    with pytest.raises(ConfigError, match="parameter 'cpu_kernels' must be one of auto, onednn, "
+                       "torch, not 'mkl'$") as err:
         build_config(dict(cpu_kernels="mkl"))
+    assert "\n" not in str(err.value)
