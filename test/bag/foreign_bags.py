@@ -133,6 +133,23 @@ def write_bare_db3(path: Path, rec: Recording) -> Path:
     return path
 
 
+def undecodable(path: Path, frames: int = 3) -> Path:
+    """A bag of today's form whose every CompressedImage holds no image."""
+    ts = _ros2()
+    writer = bag_io.open_writer(path)
+    try:
+        conn = writer.add_connection(COMPRESSED, bag_io.COMPRESSED_IMAGE, typestore=ts)
+        for i in range(frames):
+            t = T0 + i * 100_000_000
+            msg = ts.types[bag_io.COMPRESSED_IMAGE](
+                header=bag_io.header_msg(ts, t, "cam"), format="jpeg",
+                data=np.frombuffer(b"not a jpeg", np.uint8))
+            writer.write(conn, t, ts.serialize_cdr(msg, bag_io.COMPRESSED_IMAGE))
+    finally:
+        writer.close()
+    return path
+
+
 # ---------------------------------------------------------------- metadata versions, split
 
 

@@ -10,15 +10,16 @@ frame exits 1. Bags written here with the writers those tools use
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from bag_harness import read_bag
-from foreign_bags import (COMPRESSED, RAW, Recording, recording, with_metadata_version,
-                          write_bare_db3, write_foxglove_json, write_foxglove_protobuf,
-                          write_ros1, write_rosbag2, write_split)
+from foreign_bags import (COMPRESSED, RAW, Recording, recording, undecodable,
+                          with_metadata_version, write_bare_db3, write_foxglove_json,
+                          write_foxglove_protobuf, write_ros1, write_rosbag2, write_split)
 from rosbags.rosbag2 import CompressionFormat, CompressionMode
 
 from cass_ros.bag import io as bag_io
@@ -210,25 +211,8 @@ def test_a_foxglove_file_without_images_says_so(tmp_path, rec_plain, bag_params_
                                  "CompressedImage topic"]
 
 
-def _undecodable(path: Path, frames: int = 3) -> Path:
-    """A bag of today's form whose every CompressedImage holds no image."""
-    ts = bag_io.make_typestore()
-    writer = bag_io.open_writer(path)
-    try:
-        conn = writer.add_connection(COMPRESSED, bag_io.COMPRESSED_IMAGE, typestore=ts)
-        for i in range(frames):
-            t = 1_000_000_000 + i * 100_000_000
-            msg = ts.types[bag_io.COMPRESSED_IMAGE](
-                header=bag_io.header_msg(ts, t, "cam"), format="jpeg",
-                data=np.frombuffer(b"not a jpeg", np.uint8))
-            writer.write(conn, t, ts.serialize_cdr(msg, bag_io.COMPRESSED_IMAGE))
-    finally:
-        writer.close()
-    return path
-
-
 def test_a_run_that_segments_no_frame_exits_1(tmp_path, bag_params_file, capsys):
-    bag = _undecodable(tmp_path / "broken")
+    bag = undecodable(tmp_path / "broken")
     code, err, out = _cli(capsys, bag, "--out", tmp_path / "out", "--params-file",
                           bag_params_file)
     assert code == bag_cli.EXIT_NOTHING_SEGMENTED == 1
@@ -245,3 +229,35 @@ def test_nothing_segmented_says_why():
     assert bag_tool.nothing_segmented(5, 2, 3) == \
         "no frame segmented: of 5 frame(s), 2 could not be decoded and 3 came before the " \
         "first prompt set"
+
+
+def test_cass_fleet_fails_a_bag_that_segments_no_frame(tmp_path, rec, reference, bag_params_file,
+                                                      capsys):
+    """cass_fleet over a folder holding a ROS 1 .bag file and an undecodable
+    bag: the first done (cass_bag's outputs), the second failed with
+    cass_bag's line; exit status 1."""
+    ray = pytest.importorskip("ray")
+    from cass_ros.cli import fleet as fleet_cli
+
+    root = tmp_path / "bags"
+    root.mkdir()
+    write_ros1(root / "robot1.bag", rec)
+    undecodable(root / "broken")
+    out = tmp_path / "fleet"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 1024 * 1024, logging_level="ERROR")
+    try:
+        code = fleet_cli.main([str(root), "--out", str(out), "--params-file",
+                               str(bag_params_file), "--no-progress"])
+    finally:
+        ray.shutdown()
+    capsys.readouterr()
+    assert code == 1
+    bags = {b["output"]: b for b in json.loads((out / "fleet.json").read_text())["bags"]}
+    assert set(bags) == {"robot1", "broken"}
+    broken = bags["broken"]
+    assert broken["status"] == "failed" and broken["frames"] == 0
+    assert broken["reason"] == "no frame segmented: of 3 frame(s), 3 could not be decoded"
+    assert not (out / "broken").exists()
+    assert bags["robot1"]["status"] == "done" and bags["robot1"]["frames"] == 6
+    assert _outputs(out / "robot1") == reference["prompts"]["outputs"]
