@@ -1,7 +1,8 @@
 """The cass_bag pipeline: segment the camera images of a rosbag2 offline
 (docs/ros-interface.md, cass_bag; the command line is cass_ros.cli.bag).
 
-Reads a rosbag2 (sqlite3 or mcap; a bag directory or its .mcap/.db3 file),
+Reads a rosbag2 (sqlite3 or mcap; a bag directory or its .mcap/.db3 file;
+or a recording of another tool, bag.inputs: a ROS 1 bag, a Foxglove MCAP),
 segments the chosen image topics (sensor_msgs/Image or CompressedImage) with
 the segmenter and parameters file of the node, and writes a new bag with the
 node's output topics:

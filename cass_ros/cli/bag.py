@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the node's output topics to a new bag.",
         epilog="Example: cass_bag recording/ --out segmented/ --params-file config/cass.yaml "
                "--overlays overlays/ --summary summary.csv")
-    p.add_argument("input_bag", type=Path, help="rosbag2 directory (or its .mcap / .db3 file)")
+    p.add_argument("input_bag", type=Path, help="rosbag2 directory (or its .mcap / .db3 file), "
+                   "a Foxglove MCAP file or a ROS 1 .bag file")
     p.add_argument("--out", type=Path, required=True, help="output bag directory (must not exist)")
     p.add_argument("--params-file", type=Path, help="the node's parameters file "
                    "(config/cass.yaml format) or a flat YAML of settings")
