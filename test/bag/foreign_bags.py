@@ -300,6 +300,38 @@ def write_foxglove_json(path: Path, rec: Recording, *, bad_message: int | None =
     return path
 
 
+def write_mcap_cdr(path: Path, rec: Recording) -> Path:
+    """ROS 2 messages in CDR in an MCAP file whose writer left the profile
+    empty and named the types without ``/msg/`` (the mcap writer)."""
+    from mcap.writer import Writer as McapWriter
+
+    ts = _ros2()
+    with open(path, "wb") as f:
+        writer = McapWriter(f)
+        writer.start(profile="", library="cass_ros tests")
+        channels: dict[str, int] = {}
+
+        def channel(topic: str, msgtype: str) -> int:
+            if topic not in channels:
+                msgdef, _ = ts.generate_msgdef(msgtype, ros_version=2)
+                schema = writer.register_schema(name=old_name(msgtype), encoding="ros2msg",
+                                                data=msgdef.encode())
+                channels[topic] = writer.register_channel(topic=topic, message_encoding="cdr",
+                                                          schema_id=schema)
+            return channels[topic]
+
+        for t, kind, what in rec.events():
+            if kind == "prompt":
+                topic, msgtype = bag_io.PROMPTS_TOPIC, bag_io.STRING
+                raw = bytes(ts.serialize_cdr(ts.types[msgtype](data=what), msgtype))
+            else:
+                topic = what.topic
+                msgtype, raw = ros2_cdr(ts, what)
+            writer.add_message(channel(topic, msgtype), log_time=t, publish_time=t, data=raw)
+        writer.finish()
+    return path
+
+
 # ---------------------------------------------------------------- ROS 1
 
 

@@ -19,7 +19,8 @@ import pytest
 from bag_harness import read_bag
 from foreign_bags import (COMPRESSED, RAW, Recording, recording, undecodable,
                           with_metadata_version, write_bare_db3, write_foxglove_json,
-                          write_foxglove_protobuf, write_ros1, write_rosbag2, write_split)
+                          write_foxglove_protobuf, write_mcap_cdr, write_ros1, write_rosbag2,
+                          write_split)
 from rosbags.rosbag2 import CompressionFormat, CompressionMode
 
 from cass_ros.bag import io as bag_io
@@ -101,6 +102,8 @@ FOREIGN = {
     "mcap, types without /msg/": (
         "prompts", lambda d, r: write_rosbag2(d / "bag", r, old_names=True)),
     "bare .db3 (no metadata.yaml)": ("prompts", lambda d, r: write_bare_db3(d / "rec.db3", r)),
+    "MCAP without profile, CDR, types without /msg/": (
+        "prompts", lambda d, r: write_mcap_cdr(d / "rec.mcap", r)),
     "ROS 1 .bag": ("prompts", lambda d, r: write_ros1(d / "rec.bag", r)),
     "Foxglove MCAP, protobuf": ("plain", lambda d, r: write_foxglove_protobuf(d / "rec.mcap", r)),
     "Foxglove MCAP, JSON": ("plain", lambda d, r: write_foxglove_json(d / "rec.mcap", r)),

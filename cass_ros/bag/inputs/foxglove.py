@@ -6,7 +6,9 @@ schema; RawImage's ``data`` in base64). Read with the ``mcap`` package,
 protobuf decoded by ``mcap-protobuf-support``, JSON by the standard
 library; each image becomes the ROS 2 sensor_msgs message with the same
 fields, its header stamp the Foxglove ``timestamp``, its bag time the
-MCAP log time. Other channels are left out."""
+MCAP log time. Channels of ROS 2 messages in CDR (a writer that left
+the profile empty) pass as they are when they are sensor_msgs Image or
+CompressedImage, or std_msgs String. Other channels are left out."""
 
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ from mcap_protobuf.decoder import DecoderFactory
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import ReaderError
 
-from ..io import COMPRESSED_IMAGE, IMAGE
+from ..io import COMPRESSED_IMAGE, IMAGE, STRING, normalize_msgtype
 from . import StorageMeta, convert, one_line
 
 RAW_IMAGE_SCHEMA = "foxglove.RawImage"
 COMPRESSED_IMAGE_SCHEMA = "foxglove.CompressedImage"
 TARGET = {RAW_IMAGE_SCHEMA: IMAGE, COMPRESSED_IMAGE_SCHEMA: COMPRESSED_IMAGE}
+CDR_TYPES = (IMAGE, COMPRESSED_IMAGE, STRING)    # ROS 2 channels passed as they are
 # What a corrupt file or message raises in the mcap package (and here, for
 # a message that protobuf or json cannot decode: ValueError).
 _READ_ERRORS = (McapError, OSError, ValueError, KeyError, struct.error, EOFError)
@@ -47,15 +50,14 @@ class FoxgloveStorage:
         except _READ_ERRORS as e:
             self._file.close()
             raise ReaderError(f"not a readable MCAP file: {one_line(e)}") from None
-        self._decoders: dict[int, Callable[[bytes], dict[str, Any]]] = {}
+        self._to_cdr: dict[int, Callable[[bytes], bytes]] = {}
         self.connections: list[Connection] = []
         for ch in channels.values():
-            schema = schemas.get(ch.schema_id)
-            decode = _decoder(ch, schema)
-            if schema is not None and decode is not None:
-                self._decoders[ch.id] = decode
-                self.connections.append(convert.connection(
-                    ch.id, ch.topic, TARGET[schema.name], counts.get(ch.id, 0)))
+            found = _converter(ch, schemas.get(ch.schema_id))
+            if found is not None:
+                msgtype, self._to_cdr[ch.id] = found
+                self.connections.append(convert.connection(ch.id, ch.topic, msgtype,
+                                                           counts.get(ch.id, 0)))
         self.metadata = StorageMeta(start, sum(c.msgcount for c in self.connections))
 
     def _contents(self) -> tuple[dict[int, Channel], dict[int, Schema], dict[int, int], int]:
@@ -90,8 +92,7 @@ class FoxgloveStorage:
             for _schema, channel, message in self._reader.iter_messages(topics=topics):
                 target = mine.get(channel.id)
                 if target is not None:
-                    fields = self._decoders[channel.id](message.data)
-                    yield target, message.log_time, _to_ros(target.msgtype, fields)
+                    yield target, message.log_time, self._to_cdr[channel.id](message.data)
         except _READ_ERRORS as e:
             raise ReaderError(f"a message cannot be read: {one_line(e)}") from None
 
@@ -99,17 +100,25 @@ class FoxgloveStorage:
         self._file.close()
 
 
-def _decoder(channel: Channel, schema: Schema | None) -> Callable[[bytes], dict[str, Any]] | None:
-    """The image fields of a channel's message data; None for a channel
-    that carries no Foxglove image in protobuf or JSON."""
-    if schema is None or schema.name not in TARGET:
+def _converter(channel: Channel, schema: Schema | None
+               ) -> tuple[str, Callable[[bytes], bytes]] | None:
+    """(ROS 2 type, message data -> its CDR) of a channel; None for one
+    that carries neither a Foxglove image (protobuf, JSON) nor a ROS 2
+    message cass_bag reads."""
+    if schema is None:
         return None
+    msgtype = normalize_msgtype(schema.name)
+    if channel.message_encoding == "cdr" and msgtype in CDR_TYPES:
+        return msgtype, bytes
+    if schema.name not in TARGET:
+        return None
+    msgtype = TARGET[schema.name]
     if channel.message_encoding == "json":
-        return _from_json
+        return msgtype, lambda data: _to_ros(msgtype, _from_json(data))
     proto = DecoderFactory().decoder_for(channel.message_encoding, schema)
     if proto is None:
         return None
-    return lambda data: _from_protobuf(proto, data)
+    return msgtype, lambda data: _to_ros(msgtype, _from_protobuf(proto, data))
 
 
 def _from_protobuf(decode: Callable[[bytes], Any], data: bytes) -> dict[str, Any]:
