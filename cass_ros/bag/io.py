@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 import apsw
 import cv2
@@ -43,6 +43,10 @@ from ..ros.vision import DETECTIONS_TYPE, LABEL_INFO_TYPE, detections_fields, la
 from ..core.prompts import PromptSet
 from ..core.result import SegmentationResult
 from . import inputs
+
+if TYPE_CHECKING:
+    from .inputs.foxglove import FoxgloveStorage
+    from .inputs.ros1 import Ros1Storage
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +227,9 @@ _MCAP_FOOTER, _MCAP_DATA_END = 0x02, 0x0F
 # not a database (apsw.Error shares no base class with them).
 _OPEN_ERRORS = (ReaderError, OSError, ValueError, KeyError, apsw.Error)
 # A whole bag (rosbags' Reader), one storage file read on its own, or a
-# recording of another tool converted (bag.inputs; typed loosely here, as
-# that package imports this module).
-_Storage = Reader | McapReader | Sqlite3Reader | Any
+# recording of another tool converted (bag.inputs, whose readers import
+# this module: named, not imported, here).
+_Storage = Union[Reader, McapReader, Sqlite3Reader, "Ros1Storage", "FoxgloveStorage"]
 
 
 @dataclass
