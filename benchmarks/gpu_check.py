@@ -10,7 +10,9 @@ plus the default background names, precision ``auto``:
 
 - correctness (cass_ros.core.agreement, as test/core/test_precision.py):
   CUDA fp32 against CPU fp32 (labels, max |prob diff|, head choices per
-  crop), CUDA fp16 and bf16 against CUDA fp32;
+  crop); the precision ladder (issue 25, docs/algorithm.md 8): CUDA fp16,
+  bf16 and mixed against CUDA fp32, each with its p50 / p99 per frame, and
+  what ``precision: auto`` chose;
 - one camera: p50 / p99 of ``Segmenter.segment`` (host RGB in, labels and
   objects on the host) over ``--frames`` frames after warm-up, eager and
   with ``compile`` (``--compile-mode``);
@@ -67,6 +69,10 @@ from cass_ros.core.segmenter import STAGES, PreparedPrompts, Segmenter  # noqa: 
 CLASSES = ["person", "car", "bicycle", "forklift", "pallet", "box", "door", "truck"]
 FRAME = (480, 640)  # H, W
 GOALS = {"p50": 5.0, "p99": 8.0, "cams8": 400.0, "slide": 15.0}
+# The precision ladder (docs/algorithm.md 8) and the share of labels each
+# must keep against fp32 on the same device (fp16 needs CUDA).
+LADDER = ("fp32", "fp16", "bf16", "mixed")
+LADDER_SHARE = {"fp16": 0.99, "bf16": 0.99, "mixed": 0.995}
 BUDGET_S = 480.0          # the whole check (the issue: under 8 minutes)
 COMPILE_BUDGET_S = 150.0  # what the compile row may need, compilation included
 
@@ -159,8 +165,9 @@ def time_calls(seg: Segmenter, prepared: PreparedPrompts, batches: Sequence[Sequ
 def correctness(models: CassModels, device: str, images: list[np.ndarray], prompts: Any,
                 rows: list[Row]) -> tuple[Agreement, Agreement]:
     """fp32 on ``device`` against fp32 on the CPU (TF32 off: strict_fp32);
-    fp16 (bf16 on a CPU) and bf16 against fp32 on ``device``. Returns (fp32
-    pair, fp16 pair)."""
+    the ladder's fp16, bf16 and mixed (bf16 and mixed on a CPU) against fp32
+    on ``device``, each held to LADDER_SHARE. Returns (fp32 pair, the first
+    of the ladder: fp16, or bf16 on a CPU)."""
     ref = segmenter(copy.deepcopy(models), "cpu", precision="fp32")
     dev32 = segmenter(models, device, precision="fp32")
     slide = dict(slide_crop=224, slide_stride=112)
@@ -168,10 +175,9 @@ def correctness(models: CassModels, device: str, images: list[np.ndarray], promp
     ref_s = segmenter(ref.models, "cpu", precision="fp32", **slide)
     dev_s = segmenter(models, device, precision="fp32", **slide)
     checks.append((f"fp32 {device} vs fp32 cpu, sliding", ref_s, dev_s, images[:1], 0.999, 1e-3))
-    half = ["fp16", "bf16"] if device.startswith("cuda") else ["bf16"]
-    for p in half:
+    for p in LADDER[1:] if device.startswith("cuda") else LADDER[2:]:
         checks.append((f"{p} {device} vs fp32 {device}", dev32,
-                       segmenter(models, device, precision=p), images, 0.99, None))
+                       segmenter(models, device, precision=p), images, LADDER_SHARE[p], None))
     found: dict[str, Agreement] = {}
     for name, a, b, imgs, min_agree, max_diff in checks:
         with strict_fp32() if name.startswith("fp32") else contextlib.nullcontext():
@@ -227,6 +233,23 @@ def speed(models: CassModels, device: str, prompt_set: Any, n: int, warm: int, c
     rows.append(Row("sliding 224/112 p50", p50_s, "ms", flops_s, 1000 / p50_s,
                     f"<= {GOALS['slide']:g}", p50_s <= GOALS["slide"], f"{len(ms_s)} frames"))
     return ms, fps, stage_ms
+
+
+def ladder_rows(models: CassModels, device: str, prompt_set: Any, n: int, warm: int,
+                rows: list[Row]) -> None:
+    """One camera's p50 / p99 per precision of the ladder, and what
+    ``precision: auto`` resolves to on ``device``."""
+    pool = frames(16, seed=1)
+    for p in LADDER if device.startswith("cuda") else LADDER[:1] + LADDER[2:]:
+        seg = segmenter(models, device, precision=p)
+        prepared = seg.prepare_prompts(prompt_set)
+        ms, _ = time_calls(seg, prepared, [[pool[i % len(pool)]] for i in range(n)], warm)
+        rows.append(Row(f"precision {p}: 1 camera p50", float(np.percentile(ms, 50)), "ms",
+                        note=f"p99 {np.percentile(ms, 99):.2f} ms over {n} frames; "
+                             f"{seg.plan.describe()}"))
+    auto = segmenter(models, device, precision="auto")
+    rows.append(Row(f"precision auto chose {auto.plan.describe()}", None, "",
+                    note="fp16 on CUDA, fp32 on the CPU (core.precision)"))
 
 
 def compiled_row(models: CassModels, device: str, prompt_set: Any, n: int, warm: int,
@@ -464,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     fp32, fp16 = correctness(models, device, frames(1 if dry else 4, seed=3), prompt_set, rows)
     single_ms, fps, stage_ms = speed(models, device, prompt_set, n, 1 if dry else 20, cams, rows)
+    ladder_rows(models, device, prompt_set, n if dry else max(20, n // 5), 1 if dry else 10, rows)
     text_encoding(models, device, args.text_names or (4 if dry else 100), rows)
     with contextlib.ExitStack() as stack:
         if dry:
