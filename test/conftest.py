@@ -33,16 +33,9 @@ def tiny_state_dicts():
 def tiny_models(tiny_state_dicts):
     """In-memory CassModels of the tiny random CLIP and DINO (seed 0), built
     the way the checkpoint loader builds them. Not to be modified."""
-    import open_clip
+    from kernel_probe import tiny_models
 
-    from cass_ros.core.models import CassModels, clip_from_state_dict, dino_from_state_dict
-
-    clip_sd, dino_sd = tiny_state_dicts
-    clip = clip_from_state_dict(dict(clip_sd))
-    dino = dino_from_state_dict(dict(dino_sd), "vit_base_patch8_224.dino")
-    return CassModels(clip=clip, dino=dino,
-                      tokenizer=open_clip.tokenizer.SimpleTokenizer(context_length=77),
-                      clip_id="tiny-random-seed0", description="tiny random CLIP + DINO (tests)")
+    return tiny_models(tiny_state_dicts)
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +52,10 @@ def tiny_weights(tmp_path_factory) -> tuple[str, str]:
     from cass_ros.core.models import save_tiny_random_checkpoints
 
     return save_tiny_random_checkpoints(tmp_path_factory.mktemp("weights"), seed=0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "arithmetic: compares two runs whose arithmetic differs (batch, crops, "
+        "kernels, precision) with the agreement rule; test/core/test_instruction_sets.py runs "
+        "the cheap ones again under a second instruction set")

@@ -1,28 +1,24 @@
 """cass_bag --batch N (issue 8): frames are segmented N per model call, and
 the output bag is the unbatched one: the same label images and objects at
 the same bag times with the same headers, the prompt message in the middle
-of a batch honoured from the next frame on. Tiny random models on the CPU."""
+of a batch honoured from the next frame on. Tiny random models on the CPU.
+
+A batch stacks the images into one forward, so the matmuls block
+differently and a near-tied pixel may flip (it did on an Intel Xeon with
+AVX-512, issue 22): the outputs are compared with the agreement rule
+(frame_agreement), not bit for bit."""
 
 from __future__ import annotations
 
-import numpy as np
+import pytest
 from bag_harness import read_bag
+from frame_agreement import assert_label_images_agree, assert_objects_agree, assert_overlays_agree
 
-from cass_ros.bag import io as bag_io
 from cass_ros.bag import tool as bag_tool
 from cass_ros.cli import bag as bag_cli
 
 
-def _objects_key(msg):
-    """Everything of an objects message but the inference time, the
-    presence and the mean confidence (float rounding differs between batch
-    sizes: compared apart)."""
-    return (msg.header.stamp, msg.header.frame_id, msg.prompt_id, list(msg.class_names),
-            [(o.class_id, o.label, o.present, o.pixel_count, o.area_fraction,
-              o.bbox.x_offset, o.bbox.y_offset, o.bbox.width, o.bbox.height)
-             for o in msg.objects])
-
-
+@pytest.mark.arithmetic
 def test_batched_bag_equals_unbatched(tmp_path, offline_run, sample_bag, bag_params_file,
                                       monkeypatch):
     from cass_ros.core.segmenter import Segmenter
@@ -47,20 +43,18 @@ def test_batched_bag_equals_unbatched(tmp_path, offline_run, sample_bag, bag_par
 
     a, b = read_bag(offline_run.out), read_bag(tmp_path / "out")
     assert set(a) == set(b)
-    for topic in ("/cass/camera/segmentation", "/cass/camera/segmentation/color"):
-        assert [t for t, _ in a[topic]] == [t for t, _ in b[topic]]
-        for (_, ma), (_, mb) in zip(a[topic], b[topic], strict=True):
-            assert ma.header == mb.header
-            assert np.array_equal(bag_io.image_array(ma), bag_io.image_array(mb)), topic
-    objects_a, objects_b = a["/cass/camera/objects"], b["/cass/camera/objects"]
-    assert [t for t, _ in objects_a] == [t for t, _ in objects_b]
-    for (_, ma), (_, mb) in zip(objects_a, objects_b, strict=True):
-        assert _objects_key(ma) == _objects_key(mb)
-        # A batch stacks the images into one forward: the matmuls block
-        # differently, so these differ by float32 rounding only.
-        for name in ("presence", "mean_confidence"):
-            np.testing.assert_allclose([getattr(o, name) for o in ma.objects],
-                                       [getattr(o, name) for o in mb.objects], rtol=0, atol=1e-5)
+    for topic in ("/cass/camera/segmentation", "/cass/camera/segmentation/color",
+                  "/cass/camera/objects"):
+        assert [t for t, _ in a[topic]] == [t for t, _ in b[topic]], topic
+    labels_a, labels_b = ([m for _, m in x["/cass/camera/segmentation"]] for x in (a, b))
+    assert_label_images_agree(labels_a, labels_b)
+    for la, lb, (_, ca), (_, cb), (_, oa), (_, ob) in zip(
+            labels_a, labels_b, a["/cass/camera/segmentation/color"],
+            b["/cass/camera/segmentation/color"], a["/cass/camera/objects"],
+            b["/cass/camera/objects"], strict=True):
+        assert_overlays_agree(la, lb, ca, cb)
+        assert_objects_agree(oa, ob, la, lb)
+    objects_b = b["/cass/camera/objects"]
     # the prompt message (after frame k - 1, in the middle of the second batch)
     assert [m.prompt_id for _, m in objects_b] == [1] * k + [2] * (sample_bag.frames - k)
     assert [m.prompt_id for _, m in b["/cass/classes"]] == [1, 2]

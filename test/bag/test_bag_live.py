@@ -13,9 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bag_harness import diagnostic_counters, read_bag, write_params_file
+from frame_agreement import assert_label_images_agree, assert_objects_agree, assert_overlays_agree
 
 from cass_ros.bag import io as bag_io
 from cass_ros.bag import tool as bag_tool
+from cass_ros.core.agreement import AgreementRule, compare_labels
 
 RAW = "/camera/image_raw"
 
@@ -53,40 +55,35 @@ def test_prompt_message_changes_classes_from_the_right_frame(lockstep_run, sampl
     assert list(tables[-1].class_names) == after
 
 
+@pytest.mark.arithmetic
 def test_live_outputs_equal_the_offline_tool(lockstep_run, offline_run):
     """Same bag, same parameters file: the node and cass_bag agree on every
     frame: label images, class tables, objects."""
     assert_live_equals_offline(lockstep_run, read_bag(offline_run.out))
 
 
-def assert_live_equals_offline(lockstep_run, offline) -> None:
-    off_labels = {bag_io.stamp_ns(m.header.stamp): bag_io.image_array(m)
-                  for _, m in offline["/cass/camera/segmentation"]}
-    off_objects = {bag_io.stamp_ns(m.header.stamp): m for _, m in offline["/cass/camera/objects"]}
+def assert_live_equals_offline(lockstep_run, offline) -> bool:
+    """The live node's outputs are cass_bag's by the agreement rule: the node
+    runs in another process, whose kernels and thread pool are its own, so
+    a near-tied pixel may flip (frame_agreement). Returns whether every
+    label image is equal."""
+    def by_stamp(msgs):
+        return {bag_io.stamp_ns(m.header.stamp): m for m in msgs}
+
+    off_labels = by_stamp(m for _, m in offline["/cass/camera/segmentation"])
+    off_objects = by_stamp(m for _, m in offline["/cass/camera/objects"])
+    off_color = by_stamp(m for _, m in offline["/cass/camera/segmentation/color"])
     live_labels = lockstep_run.recording.messages("/cass/camera/segmentation")
     live_objects = lockstep_run.objects()
-    assert len(live_labels) == len(off_labels) == 20
-    agree = []
-    for lab, obj in zip(live_labels, live_objects):
-        stamp = bag_io.stamp_ns(lab.header.stamp)
-        live, off = bag_io.image_array(lab), off_labels[stamp]
-        agree.append(float((live == off).mean()))
-        o_off = off_objects[stamp]
-        assert list(obj.class_names) == list(o_off.class_names)
-        assert obj.prompt_id == o_off.prompt_id
-        for a, b in zip(obj.objects, o_off.objects):
-            assert (a.class_id, a.label, a.present, a.pixel_count) == \
-                (b.class_id, b.label, b.present, b.pixel_count)
-            assert (a.bbox.x_offset, a.bbox.y_offset, a.bbox.width, a.bbox.height) == \
-                (b.bbox.x_offset, b.bbox.y_offset, b.bbox.width, b.bbox.height)
-            assert a.presence == pytest.approx(b.presence, abs=1e-5)
-            assert a.mean_confidence == pytest.approx(b.mean_confidence, abs=1e-5)
-    assert agree == [1.0] * 20, f"pixel agreement per frame: {agree}"
-    # The colour overlays agree too.
-    off_color = {bag_io.stamp_ns(m.header.stamp): bag_io.image_array(m)
-                 for _, m in offline["/cass/camera/segmentation/color"]}
-    for m in lockstep_run.recording.messages("/cass/camera/segmentation/color"):
-        assert np.array_equal(bag_io.image_array(m), off_color[bag_io.stamp_ns(m.header.stamp)])
+    live_color = by_stamp(lockstep_run.recording.messages("/cass/camera/segmentation/color"))
+    assert len(live_labels) == len(off_labels) == len(live_color) == 20
+    stamps = [bag_io.stamp_ns(m.header.stamp) for m in live_labels]
+    equal = assert_label_images_agree(live_labels, [off_labels[s] for s in stamps])
+    for lab, obj, stamp in zip(live_labels, live_objects, stamps, strict=True):
+        assert bag_io.stamp_ns(obj.header.stamp) == stamp
+        assert_objects_agree(obj, off_objects[stamp], lab, off_labels[stamp])
+        assert_overlays_agree(lab, off_labels[stamp], live_color[stamp], off_color[stamp])
+    return all(equal)
 
 
 def test_too_fast_drops_frames_but_never_falls_behind(play_into_node, sample_bag,
@@ -143,6 +140,7 @@ def temporal_params_file(tmp_path_factory, bag_settings):
                              dict(bag_settings, **TEMPORAL))
 
 
+@pytest.mark.arithmetic
 def test_live_equals_offline_with_temporal_smoothing(play_into_node, sample_bag,
                                                      temporal_params_file, offline_run,
                                                      tmp_path_factory):
@@ -174,6 +172,7 @@ INSTANCES = {"instances": True, "instance_min_pixels": 20, "track_min_hits": 2,
              "overlay_instance_outline": True}
 
 
+@pytest.mark.arithmetic
 def test_live_equals_offline_for_instances_and_track_ids(play_into_node, sample_bag,
                                                          bag_settings, tmp_path_factory):
     """Instances and tracks on (docs/ros-interface.md, "Instances and tracks"):
@@ -190,7 +189,7 @@ def test_live_equals_offline_for_instances_and_track_ids(play_into_node, sample_
              "/cass/camera/instance_objects": bag_io.INSTANCES}
     live = play_into_node(sample_bag.path, params, topics=[RAW, "/cass/prompts"],
                           lockstep=True, extra_topics=extra)
-    assert_live_equals_offline(live, offline)
+    exact = assert_live_equals_offline(live, offline)
     off_images = {bag_io.stamp_ns(m.header.stamp): bag_io.image_array(m)
                   for _, m in offline["/cass/camera/instances"]}
     off_objects = {bag_io.stamp_ns(m.header.stamp): m
@@ -198,15 +197,28 @@ def test_live_equals_offline_for_instances_and_track_ids(play_into_node, sample_
     live_objects = live.recording.messages("/cass/camera/instance_objects")
     assert len(live_objects) == len(off_objects) == sample_bag.frames
     ids = set()
+    def stamp_of(msg):
+        return bag_io.stamp_ns(msg.header.stamp)
+
     for m in live_objects:
-        o = off_objects[bag_io.stamp_ns(m.header.stamp)]
-        assert [(i.id, i.class_id, i.pixel_count, i.age) for i in m.instances] == [
-            (i.id, i.class_id, i.pixel_count, i.age) for i in o.instances]
+        o = off_objects[stamp_of(m)]
+        # A near-tied pixel flipped between the processes (the agreement
+        # rule) moves an instance's pixel count, never its track.
+        assert [(i.id, i.class_id, i.age) for i in m.instances] == [
+            (i.id, i.class_id, i.age) for i in o.instances]
+        counts = np.array([[i.pixel_count for i in x.instances] for x in (m, o)])
+        moved = int(np.abs(counts[0] - counts[1]).max(initial=0))
+        assert moved == 0 if exact else moved <= 0.001 * off_images[stamp_of(m)].size
         ids |= {i.id for i in m.instances}
     assert ids, "no instance in the sample bag"
-    for m in live.recording.messages("/cass/camera/instances"):
-        np.testing.assert_array_equal(bag_io.image_array(m),
-                                      off_images[bag_io.stamp_ns(m.header.stamp)])
+    images = live.recording.messages("/cass/camera/instances")
+    got = [bag_io.image_array(m) for m in images]
+    want = [off_images[bag_io.stamp_ns(m.header.stamp)] for m in images]
+    if exact:
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    else:
+        rule = AgreementRule(min_share=0.999)
+        rule.check(compare_labels(got, want))
     # track_min_hits 2: nothing on the first frame, nor on the first after the prompt change
     k = sample_bag.first_frame_after_prompt
     ordered = [off_objects[s] for s in sorted(off_objects)]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cass_ros.core.agreement import compare_segmenters
+from cass_ros.core.agreement import AgreementRule, compare_segmenters
 from cass_ros.core.config import ConfigError, build_config
 from cass_ros.core.prompts import build_prompt_set
 from cass_ros.core.segmenter import Segmenter
@@ -37,8 +37,7 @@ def test_compiled_trunks_equal_eager(tiny_models, text_cache_dir):
     prompts = build_prompt_set([("cat",), ("dog",), ("car",)], background=["sky"])
     got = compare_segmenters(eager, compiled, images, prompts, batch=3)
     print(f"compile default vs eager: {got.summary()}")
-    assert got.label_agreement >= 0.999, got.summary()
-    assert got.max_prob_diff <= 1e-4, got.summary()
+    AgreementRule(min_share=0.999, max_prob_diff=1e-4).check(got)
     assert not got.head_mismatches
 
 
