@@ -268,6 +268,22 @@ def foxglove_json(fr: Frame) -> dict[str, Any]:
             "data": base64.b64encode(fr.png).decode()}
 
 
+def write_bad_protobuf_schema(path: Path) -> Path:
+    """A Foxglove RawImage channel whose protobuf schema is no FileDescriptorSet."""
+    from mcap.writer import Writer as McapWriter
+
+    with open(path, "wb") as f:
+        writer = McapWriter(f)
+        writer.start(profile="", library="cass_ros tests")
+        schema = writer.register_schema(name="foxglove.RawImage", encoding="protobuf",
+                                        data=b"\xff\xff not a descriptor")
+        channel = writer.register_channel(topic=RAW, message_encoding="protobuf",
+                                          schema_id=schema)
+        writer.add_message(channel, log_time=T0, publish_time=T0, data=b"")
+        writer.finish()
+    return path
+
+
 def write_foxglove_json(path: Path, rec: Recording, *, bad_message: int | None = None,
                         extra_channel: bool = True, images: bool = True) -> Path:
     """Foxglove's image types JSON-encoded, written with the mcap writer;

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from bag_harness import read_bag
 from foreign_bags import (COMPRESSED, RAW, Recording, recording, undecodable,
-                          with_metadata_version, write_bare_db3, write_foxglove_json,
-                          write_foxglove_protobuf, write_mcap_cdr, write_ros1, write_rosbag2,
-                          write_split)
+                          with_metadata_version, write_bad_protobuf_schema, write_bare_db3,
+                          write_foxglove_json, write_foxglove_protobuf, write_mcap_cdr,
+                          write_ros1, write_rosbag2, write_split)
 from rosbags.rosbag2 import CompressionFormat, CompressionMode
 
 from cass_ros.bag import io as bag_io
@@ -153,7 +153,8 @@ def test_a_split_bag_is_read_in_order(storage, tmp_path, rec, reference):
     assert _messages(bag) == reference["prompts"]["messages"]
 
 
-@pytest.mark.parametrize("mode", [CompressionMode.FILE, CompressionMode.MESSAGE], ids=["file", "message"])
+@pytest.mark.parametrize("mode", [CompressionMode.FILE, CompressionMode.MESSAGE],
+                         ids=["file", "message"])
 def test_zstd_compressed_bags(mode, tmp_path, rec, reference, bag_params_file, segmenter):
     bag = write_rosbag2(tmp_path / "bag", rec, storage="sqlite3",
                         compression=(mode, CompressionFormat.ZSTD))
@@ -193,6 +194,9 @@ def test_unreadable_foreign_recordings_get_one_line(tmp_path, rec, rec_plain, ba
                                   "not a readable ROS 1 bag"),
         "Foxglove MCAP cut in half": (_cut(fox, tmp_path / "cut.mcap", 0.5),
                                       "not a readable MCAP file"),
+        "a protobuf schema that is none": (write_bad_protobuf_schema(tmp_path / "schema.mcap"),
+                                           "the protobuf schema foxglove.RawImage cannot be "
+                                           "read"),
         "a Foxglove message that is not JSON": (
             write_foxglove_json(tmp_path / "bad.mcap", rec_plain, bad_message=2),
             "a message cannot be read"),

@@ -44,20 +44,20 @@ class FoxgloveStorage:
 
     def __init__(self, path: Path) -> None:
         self._file = open(path, "rb")  # noqa: SIM115 - kept open until close()
+        self._to_cdr: dict[int, Callable[[bytes], bytes]] = {}
+        self.connections: list[Connection] = []
         try:
             self._reader = make_reader(self._file)
             channels, schemas, counts, start = self._contents()
+            for ch in channels.values():
+                found = _converter(ch, schemas.get(ch.schema_id))
+                if found is not None:
+                    msgtype, self._to_cdr[ch.id] = found
+                    self.connections.append(convert.connection(ch.id, ch.topic, msgtype,
+                                                               counts.get(ch.id, 0)))
         except _READ_ERRORS as e:
             self._file.close()
             raise ReaderError(f"not a readable MCAP file: {one_line(e)}") from None
-        self._to_cdr: dict[int, Callable[[bytes], bytes]] = {}
-        self.connections: list[Connection] = []
-        for ch in channels.values():
-            found = _converter(ch, schemas.get(ch.schema_id))
-            if found is not None:
-                msgtype, self._to_cdr[ch.id] = found
-                self.connections.append(convert.connection(ch.id, ch.topic, msgtype,
-                                                           counts.get(ch.id, 0)))
         self.metadata = StorageMeta(start, sum(c.msgcount for c in self.connections))
 
     def _contents(self) -> tuple[dict[int, Channel], dict[int, Schema], dict[int, int], int]:
@@ -115,7 +115,11 @@ def _converter(channel: Channel, schema: Schema | None
     msgtype = TARGET[schema.name]
     if channel.message_encoding == "json":
         return msgtype, lambda data: _to_ros(msgtype, _from_json(data))
-    proto = DecoderFactory().decoder_for(channel.message_encoding, schema)
+    try:
+        proto = DecoderFactory().decoder_for(channel.message_encoding, schema)
+    except Exception as e:  # noqa: BLE001 - protobuf's errors (DecodeError, TypeError) share no base
+        raise ValueError(f"the protobuf schema {schema.name} cannot be read: {one_line(e)}") \
+            from None
     if proto is None:
         return None
     return msgtype, lambda data: _to_ros(msgtype, _from_protobuf(proto, data))

@@ -6,6 +6,7 @@ but for the header's ``seq``, which ROS 2 dropped. Other topics are left out."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class Ros1Storage:
                 target = mine[conn.id]
                 msg = self._types.deserialize_ros1(raw, conn.msgtype)
                 yield target, t_ns, CONVERTERS[target.msgtype](msg)
-        except (Ros1ReaderError, ValueError, KeyError, IndexError) as e:
+        except (Ros1ReaderError, ValueError, KeyError, IndexError, struct.error) as e:
             raise ReaderError(f"a message cannot be read: {one_line(e)}") from None
 
     def close(self) -> None:
