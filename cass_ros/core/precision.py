@@ -5,12 +5,13 @@ run in which dtype (docs/algorithm.md 8, "Precision modes").
 - ``fp16`` / ``bf16``: autocast over every ViT pass: CLIP and DINO up to
   the keys and q, k, v of the spectral step, the last block's out-projection
   and CLIP's text tower (``PrecisionPlan.autocast``).
-- ``mixed``: only the trunk blocks before the last ``MIXED_FP32_BLOCKS`` of
-  each trunk run in the low dtype (bf16 on the CPU, fp16 on CUDA), with the
-  residual stream between them kept in float32; those last blocks, the
-  keys and q, k, v that feed the spectral step, the reduced last block, the
-  whole-image class token and the text tower run in float32
-  (``PrecisionPlan.trunk_dtype``; vit_features.LowBlocks).
+- ``mixed``: only the matrix products of the trunk blocks before the last
+  ``MIXED_FP32_BLOCKS`` of each trunk run in the low dtype (bf16 on the
+  CPU, fp16 on CUDA); the residual stream, LayerNorms, attention logits and
+  softmax stay float32, and so do those last blocks, the keys and q, k, v
+  that feed the spectral step, the reduced last block, the whole-image
+  class token and the text tower (``PrecisionPlan.trunk_dtype``;
+  vit_features.LowBlocks, LowLinear).
 - ``auto``: ``fp16`` on CUDA, ``fp32`` on the CPU.
 
 The spectral step itself (3.3 to 3.9) is float32 / float64 in every mode.

@@ -9,8 +9,8 @@ Eager blocks run through vit_blocks with the segmenter's linear layer
 (oneDNN or torch's on the CPU, cpu_kernels). The blocks before the last of
 each trunk can instead run through torch.compile (``compile``,
 docs/ros-interface.md, Model): ``ClipVision.compile``, ``DinoKeys.compile``.
-With ``precision: mixed`` (``LowBlocks``) the early blocks of a trunk run in
-bf16 or fp16 and the rest in float32 (docs/algorithm.md 8).
+With ``precision: mixed`` (``LowBlocks``) the matrix products of a trunk's
+early blocks run in bf16 or fp16 and the rest in float32 (docs/algorithm.md 8).
 """
 
 from __future__ import annotations
@@ -91,22 +91,42 @@ class _Blocks(nn.Module):
 
 @dataclass(frozen=True)
 class LowBlocks:
-    """``precision: mixed`` for one trunk (core.precision): its blocks but
-    the last ``fp32_tail`` run under autocast to ``dtype`` on
-    ``device_type`` with the residual stream in float32; the last
-    ``fp32_tail`` blocks, and everything after the trunk, in float32."""
+    """``precision: mixed`` for one trunk (core.precision): the matrix
+    products of its blocks but the last ``fp32_tail`` in ``dtype``
+    (LowLinear), everything else in float32: the residual stream,
+    LayerNorms, attention logits and softmax, GELU; the last ``fp32_tail``
+    blocks and all after the trunk wholly in float32 (docs/algorithm.md 8).
+    ``device_type``: for the compiled form, which autocasts instead."""
 
     dtype: torch.dtype
     fp32_tail: int
     device_type: str
 
 
-class _MixedTrunk(nn.Module):
-    """Blocks in two runs: ``low`` under autocast with a float32 residual
-    stream (each block adds its low-precision branches to float32 tokens),
-    then ``high`` in float32."""
+class LowLinear:
+    """A Linear: y = x W^T + b with the product in ``dtype`` (bf16, fp16),
+    float32 in and out. The low copy of each weight and bias is made at its
+    first use and kept (the low blocks' weights once more, at half size)."""
 
-    def __init__(self, low: _Blocks, high: _Blocks, mix: LowBlocks) -> None:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self._low: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        kept = self._low.get(id(weight))
+        if kept is None or kept[0] is not weight:
+            kept = (weight, weight.to(self.dtype), None if bias is None else bias.to(self.dtype))
+            self._low[id(weight)] = kept
+        return F.linear(x.to(self.dtype), kept[1], kept[2]).float()  # (..., out) float32
+
+
+class _MixedTrunk(nn.Module):
+    """The compiled form of a mixed trunk (library forwards, no pluggable
+    linear): ``low`` under autocast with a float32 residual stream, then
+    ``high`` in float32."""
+
+    def __init__(self, low: nn.Module, high: nn.Module, mix: LowBlocks) -> None:
         super().__init__()
         self.low, self.high = low, high
         self.dtype, self.device_type = mix.dtype, mix.device_type
@@ -121,14 +141,16 @@ class _MixedTrunk(nn.Module):
 def make_trunk(blocks: Sequence[nn.Module], linear: Linear | None,
                mix: LowBlocks | None = None) -> nn.Module:
     """The blocks before a trunk's last as one module: ``_Blocks`` (eager
-    with ``linear``, the library's forward without), or with ``mix`` a
-    ``_MixedTrunk``, whose low part uses F.linear (autocast must see it;
-    oneDNN's op would bypass it)."""
+    with ``linear``, the library's forward without). With ``mix`` the
+    early blocks take a LowLinear and the last ``mix.fp32_tail`` ``linear``;
+    without ``linear`` (torch.compile) the early ones run under autocast."""
     if mix is None:
         return _Blocks(blocks, linear)
     split = max(0, len(blocks) - mix.fp32_tail)
-    low_linear = F.linear if linear is not None else None
-    return _MixedTrunk(_Blocks(blocks[:split], low_linear), _Blocks(blocks[split:], linear), mix)
+    if linear is None:
+        return _MixedTrunk(_Blocks(blocks[:split]), _Blocks(blocks[split:]), mix)
+    return nn.Sequential(_Blocks(blocks[:split], LowLinear(mix.dtype)),
+                         _Blocks(blocks[split:], linear))
 
 
 def compile_trunk(blocks: nn.Module, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
