@@ -11,8 +11,9 @@ on the CPU and on CUDA when present. The last line is
         [--cpu-kernels torch onednn]
 
 ``--cpu-kernels`` gives the CPU rows one per value of the ``cpu_kernels``
-setting (default: onednn only). ``torch`` rows run first: ``onednn`` also
-switches the process's C heap to keeping freed memory, which cannot be
+setting (default: auto only, the product's default, which times both kernel
+sets and logs its choice). ``torch`` rows run first: ``onednn`` and ``auto``
+also switch the process's C heap to keeping freed memory, which cannot be
 switched back.
 """
 
@@ -103,7 +104,7 @@ def bench_spectral(n_side: tuple[int, int], device: torch.device, iters: int) ->
     return fast, naive
 
 
-def bench_pipeline(device: str, iters: int, num_classes: int, kernels: str = "onednn"
+def bench_pipeline(device: str, iters: int, num_classes: int, kernels: str = "auto"
                    ) -> list[tuple[str, dict[str, float]]]:
     rows = []
     base = {"clip_weights": "random", "dino_weights": "random", "device": device, "short_side": 336,
@@ -138,10 +139,11 @@ def main() -> int:
     p.add_argument("--classes", type=int, default=20, help="number of class names (<= 20)")
     p.add_argument("--devices", nargs="*", default=None, help="default: cpu, and cuda when present")
     p.add_argument("--skip-pipeline", action="store_true", help="only the spectral comparison")
-    p.add_argument("--cpu-kernels", nargs="+", default=["onednn"], choices=CPU_KERNELS,
+    p.add_argument("--cpu-kernels", nargs="+", default=["auto"], choices=CPU_KERNELS,
                    help="cpu_kernels values for the CPU rows (torch rows run first)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("cass_ros.core.cpu_kernels").setLevel(logging.INFO)  # the auto choice
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}")
     print("CLIP ViT-B/16 + DINO ViT-B/8, RANDOM weights, image 336 x 448, "
@@ -151,7 +153,7 @@ def main() -> int:
         print(f"{'config':<33}" + "".join(f"{c:>12}" for c in cols))
         kernels = sorted(dict.fromkeys(args.cpu_kernels), key=lambda k: k != "torch")
         for dev in devices:
-            for kern in (kernels if dev == "cpu" else ["onednn"]):
+            for kern in (kernels if dev == "cpu" else ["auto"]):
                 for name, row in bench_pipeline(dev, args.iters, args.classes, kern):
                     print(f"{name:<33}" + "".join(f"{row[c]:>12.1f}" for c in cols), flush=True)
         print()
