@@ -76,8 +76,8 @@ def onednn_available() -> bool:
 
 # (rows, in, out): one linear layer's shape, rows = batch x tokens.
 LinearShape = tuple[int, int, int]
-# Timing repetitions per kernel and shape: the best of them counts.
-TIMING_REPEATS = 2
+# Timing rounds per shape (both kernels in each): the best of them counts.
+TIMING_REPEATS = 3
 # oneDNN is taken only where it takes under this share of torch's time.
 # Where it was chosen for (AMD, MKL on AVX2) it took half; within 10 %,
 # about the noise of one timing on a shared 2-core machine, torch's own
@@ -109,34 +109,34 @@ class LinearTimings:
                 f"{len(self.shapes)} linear shapes ({rows} rows)")
 
 
-def _best_ms(fn: Linear, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
-    fn(x, w, b)  # warm-up: oneDNN builds its primitive for the shape here
-    best = float("inf")
-    for _ in range(TIMING_REPEATS):
-        t0 = time.perf_counter()
-        fn(x, w, b)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000.0
+def _once_ms(fn: Linear, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    fn(x, w, b)
+    return (time.perf_counter() - t0) * 1000.0
 
 
 @lru_cache(maxsize=16)
 def time_linears(shapes: tuple[LinearShape, ...]) -> LinearTimings:
     """F.linear against oneDNN's linear on ``shapes`` (fp32, CPU), once per
-    process and shape set: each kernel's best of TIMING_REPEATS after a
-    warm-up, summed over the shapes. Random inputs (timing does not depend
-    on the values)."""
+    process and shape set: per shape a warm-up of each (oneDNN builds its
+    primitive there), then TIMING_REPEATS rounds that run the two in turn,
+    so that a burst of load from elsewhere hits both alike; each kernel's
+    best round counts, summed over the shapes. Random inputs (timing does
+    not depend on the values)."""
     gen = torch.Generator().manual_seed(0)
-    have_onednn = onednn_available()
-    torch_ms, onednn_ms = 0.0, 0.0
+    kernels: list[Linear] = [F.linear] + ([onednn_linear] if onednn_available() else [])
+    total = [0.0] * len(kernels)
     with torch.inference_mode():
         for rows, fan_in, fan_out in shapes:
             x = torch.randn(rows, fan_in, generator=gen)
             w = torch.randn(fan_out, fan_in, generator=gen)
             b = torch.randn(fan_out, generator=gen)
-            torch_ms += _best_ms(F.linear, x, w, b)
-            if have_onednn:
-                onednn_ms += _best_ms(onednn_linear, x, w, b)
-    return LinearTimings(shapes, torch_ms, onednn_ms if have_onednn else None)
+            for fn in kernels:
+                fn(x, w, b)
+            best = [min(ms) for ms in zip(*([_once_ms(fn, x, w, b) for fn in kernels]
+                                            for _ in range(TIMING_REPEATS)))]
+            total = [t + m for t, m in zip(total, best)]
+    return LinearTimings(shapes, total[0], total[1] if len(total) > 1 else None)
 
 
 def choose_linear(shapes: Sequence[LinearShape]) -> tuple[str, LinearTimings]:
