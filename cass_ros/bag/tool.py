@@ -301,6 +301,8 @@ def _read_settings(opts: BagToolOptions) -> _Settings:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: "
                           f"{', '.join(node_params.SPECS)}")
     config, runtime = node_params.settings_from_values(values)
+    for line in node_params.idle_settings(values):
+        log.warning(line)
     session = PromptSession()
     try:
         initial: PromptSet | None = node_params.prompt_set_from_values(config, {})

@@ -150,7 +150,10 @@ class CassNodeBase(Node):
     def _configure(self) -> None:
         """Read the parameters, load the models, encode the start-up prompt
         set, create the publishers and start the prompt thread."""
-        config, runtime = node_params.settings_from_values(node_params.read_all(self))
+        values = node_params.read_all(self)
+        config, runtime = node_params.settings_from_values(values)
+        for line in node_params.idle_settings(values):
+            self.get_logger().warning(line)
         # Prompts are checked before the models load, so a bad prompt or an
         # unreadable classes_file fails in a second, not after the weights.
         initial = self._initial_prompt_set(config)
@@ -345,6 +348,7 @@ class CassNodeBase(Node):
             self.get_logger().warning(f"parameter change rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         self._in_force.set_runtime(runtime)
+        self._warn_idle(changes)
         if "color_table_file" in changes:
             self._write_color_table(self._in_force.session.active)
         for name in node_params.PROMPT_NAMES:
@@ -368,6 +372,14 @@ class CassNodeBase(Node):
             self.get_logger().warning(f"parameter change rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
+
+    def _warn_idle(self, changes: dict[str, Any]) -> None:
+        """A warning for each parameter this change leaves doing nothing."""
+        values = node_params.read_all(self)   # before the change: it is not applied yet
+        before = set(node_params.idle_settings(values))
+        for line in node_params.idle_settings(dict(values, **changes)):
+            if line not in before:
+                self.get_logger().warning(line)
 
     def _check_changes(self, changes: dict[str, Any]
                        ) -> tuple[node_params.RuntimeParams, PromptSet | None, CassConfig | None]:

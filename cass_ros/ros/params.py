@@ -19,7 +19,7 @@ import math
 import re
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..core.config import (ALGORITHM, FIELD_NAMES, PROMPTS, CassConfig, ConfigError, build_config,
                            coerce, group_names, setting_info, setting_type)
@@ -51,6 +51,7 @@ class ParamSpec:
     high: float | None = None
     choices: tuple[str, ...] = ()
     runtime: bool = False          # may change while the node runs
+    needs: str = ""                # a key of NEEDS: it does nothing without that
 
     def constraints(self, with_runtime: bool = True) -> str:
         parts = []
@@ -240,6 +241,30 @@ def _valid_topic(topic: str) -> bool:
     return bool(re.fullmatch(r"(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*", topic))
 
 
+# What a parameter may need to do anything (ParamSpec.needs): a test on all
+# the parameter values, and how a parameters file turns it on.
+NEEDS: dict[str, tuple[Callable[[Mapping[str, Any]], bool], str]] = {
+    "instances": (lambda v: bool(v.get("instances")), "instances: true"),
+    "depth": (lambda v: any(v.get("depth_topics") or ()), "depth_topics"),
+    "instances and depth": (lambda v: bool(v.get("instances")) and any(v.get("depth_topics") or ()),
+                            "instances: true and depth_topics"),
+}
+
+
+def idle_settings(values: Mapping[str, Any]) -> list[str]:
+    """One line per parameter set away from its default that does nothing
+    with the other values (a ParamSpec's ``needs`` not met), e.g.
+    ``publish_instances: true`` without ``instances: true``. The node and
+    cass_bag log these as warnings (docs/ros-interface.md, Parameters)."""
+    out = []
+    for spec in NODE_PARAM_SPECS:
+        if (spec.needs and spec.name in values and not _same(values[spec.name], spec.default)
+                and not NEEDS[spec.needs][0](values)):
+            out.append(f"parameter {spec.name!r} is set ({values[spec.name]!r}) but does "
+                       f"nothing without {NEEDS[spec.needs][1]}")
+    return out
+
+
 # The node's own parameters (RuntimeParams' fields, defaults from it), in the
 # order of config/cass.yaml.
 NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
@@ -284,29 +309,30 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
               runtime=True),
     ParamSpec("instance_min_pixels", RuntimeParams.instance_min_pixels, "Pixels a region needs "
               "to be an instance; 0 = 0.1 % of the label image", "int", 0, 2**31 - 1,
-              runtime=True),
+              runtime=True, needs="instances"),
     ParamSpec("instance_depth_jump", RuntimeParams.instance_depth_jump, "With depth: a relative "
               "depth step between neighbouring pixels that cuts a region (0.1 = 10 %); 0 = off",
-              "float", 0.0, 100.0, runtime=True),
+              "float", 0.0, 100.0, runtime=True, needs="instances and depth"),
     ParamSpec("track_min_iou", RuntimeParams.track_min_iou, "Mask overlap (IoU) an instance "
               "needs with a track of the previous frames to continue it", "float", 0.0, 1.0,
-              runtime=True),
+              runtime=True, needs="instances"),
     ParamSpec("track_max_missed", RuntimeParams.track_max_missed, "Frames a track survives "
               "without an instance (its id comes back when it is found again)", "int", 0, 10000,
-              runtime=True),
+              runtime=True, needs="instances"),
     ParamSpec("track_min_hits", RuntimeParams.track_min_hits, "Consecutive frames before a new "
-              "track is published (1 = at once)", "int", 1, 10000, runtime=True),
+              "track is published (1 = at once)", "int", 1, 10000, runtime=True,
+              needs="instances"),
     ParamSpec("track_max_distance_m", RuntimeParams.track_max_distance_m, "With depth: largest "
               "3D centroid distance (m) between a track and its continuation", "float",
-              0.0, 1000.0, runtime=True),
+              0.0, 1000.0, runtime=True, needs="instances and depth"),
     ParamSpec("publish_instances", RuntimeParams.publish_instances, "Always build "
               "/cass/<cam>/instances (32SC1; otherwise only while it has subscribers)", "bool",
-              runtime=True),
+              runtime=True, needs="instances"),
     ParamSpec("detections_per", RuntimeParams.detections_per, "vision_msgs detections: one per "
               "present class, or one per published track (id = the track id)", "str",
-              choices=DETECTIONS_PER, runtime=True),
+              choices=DETECTIONS_PER, runtime=True, needs="instances"),
     ParamSpec("overlay_instance_outline", RuntimeParams.overlay_instance_outline, "Outline the "
-              "instances on the colour overlay", "bool", runtime=True),
+              "instances on the colour overlay", "bool", runtime=True, needs="instances"),
     ParamSpec("temporal_smoothing", RuntimeParams.temporal_smoothing, "Per-camera moving "
               "average of the class probabilities before the labels: weight of the history, "
               "below 1; 0 = off", "float", 0.0, 1.0, runtime=True),
@@ -324,14 +350,16 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
               "topic (16UC1 mm or 32FC1 m, the colour image's size); '' = none for that camera; "
               "empty = no 3D", "list"),
     ParamSpec("depth_info_topics", list(RuntimeParams.depth_info_topics), "camera_info per "
-              "depth topic; empty or '' = the camera_info next to the depth topic", "list"),
+              "depth topic; empty or '' = the camera_info next to the depth topic", "list",
+              needs="depth"),
     ParamSpec("depth_tolerance_s", RuntimeParams.depth_tolerance_s, "Largest stamp difference "
-              "between a colour frame and its depth image", "float", 0.0, 10.0, runtime=True),
+              "between a colour frame and its depth image", "float", 0.0, 10.0, runtime=True,
+              needs="depth"),
     ParamSpec("depth_trim_percent", RuntimeParams.depth_trim_percent, "Depth outliers trimmed "
               "at each end per axis (3D box = this and 100 - this percentile)", "float",
-              0.0, 49.0, runtime=True),
+              0.0, 49.0, runtime=True, needs="depth"),
     ParamSpec("cloud_stride", RuntimeParams.cloud_stride, "Labelled point cloud: every n-th "
-              "pixel in rows and columns", "int", 1, 1024, runtime=True),
+              "pixel in rows and columns", "int", 1, 1024, runtime=True, needs="depth"),
 )
 
 

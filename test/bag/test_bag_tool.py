@@ -3,8 +3,10 @@ overlays, summaries, and clear errors. Tiny random models, real pipeline."""
 
 from __future__ import annotations
 
+import dataclasses
 import csv
 import json
+import logging
 import shutil
 
 import cv2
@@ -260,3 +262,27 @@ def test_sample_bag_tool_cli_entry(tmp_path, sample_bag, bag_params_file):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "20/20 frames segmented" in proc.stdout
     assert "cass_bag" in proc.stderr  # the progress bar
+
+
+def test_a_setting_that_needs_another_is_warned(tmp_path, sample_bag, bag_params_file):
+    """cass_bag reads the node's parameters, and says as the node does when
+    one of them does nothing without another (issue 22). A handler of its
+    own, not caplog: launch's logger class keeps cass_bag's logger from
+    propagating (test/cli/test_cli.py, error_lines)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("cass_bag").addHandler(handler)
+    opts = bag_tool.BagToolOptions(input_bag=sample_bag.path, out=tmp_path / "o",
+                                   params_file=bag_params_file,
+                                   settings={"publish_instances": True})
+    try:
+        bag_tool._read_settings(opts)
+        assert [r.getMessage() for r in records] == [
+            "parameter 'publish_instances' is set (True) but does nothing without instances: true"]
+        records.clear()
+        bag_tool._read_settings(dataclasses.replace(
+            opts, settings={"publish_instances": True, "instances": True}))
+        assert not records
+    finally:
+        logging.getLogger("cass_bag").removeHandler(handler)

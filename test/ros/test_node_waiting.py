@@ -179,3 +179,25 @@ def test_the_executable_logs_one_waiting_line(tiny_weights: tuple[str, str],
     assert len(lines) == 1, text
     assert f"waiting for prompts on {ns}/cass/prompts or the 'prompts' parameter" in lines[0]
     assert "FATAL" not in text and "Traceback" not in text
+
+
+def test_a_parameter_set_alone_is_warned_in_one_line(tiny_weights: tuple[str, str],
+                                                      tmp_path: Path, ros_domain: int) -> None:
+    """publish_instances: true without instances: true (issue 22): the node
+    starts and says in one warning line that it does nothing."""
+    clip, dino = tiny_weights
+    log = tmp_path / "node.log"
+    args = ros_args({"clip_weights": clip, "dino_weights": dino, "device": "cpu",
+                     "short_side": 64, "publish_instances": True}) + \
+        ["-r", f"__ns:={unique_namespace('idle')}"]
+    proc = start_node(args, log)
+    try:
+        wait_log(proc, log, READY)
+    finally:
+        rc = stop_node(proc)
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+    lines = [ln for ln in text.splitlines() if "'publish_instances'" in ln]
+    assert len(lines) == 1, text
+    assert "WARN" in lines[0] and lines[0].endswith(
+        "parameter 'publish_instances' is set (True) but does nothing without instances: true")

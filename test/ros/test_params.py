@@ -247,3 +247,26 @@ def test_temporal_parameters_give_the_stream_parameters() -> None:
             node_params.check_change(_current(), changes)
         with pytest.raises(ConfigError, match=f"'{name}'"):
             node_params.settings_from_values(dict(node_params.DEFAULTS, **changes))
+
+
+def test_a_parameter_that_needs_another_is_named_when_set_alone() -> None:
+    """publish_instances without instances publishes nothing (issue 22): one
+    line names it and what it needs; nothing is said at the defaults, with
+    the need met, or for a parameter left at its default."""
+    assert node_params.idle_settings(dict(node_params.DEFAULTS)) == []
+    lines = node_params.idle_settings(dict(node_params.DEFAULTS, publish_instances=True))
+    assert lines == ["parameter 'publish_instances' is set (True) but does nothing without "
+                     "instances: true"]
+    assert node_params.idle_settings(dict(node_params.DEFAULTS, publish_instances=True, instances=True)) == []
+    assert node_params.idle_settings({"publish_instances": True}) == lines  # missing = default
+    depth = node_params.idle_settings(dict(node_params.DEFAULTS, cloud_stride=8, detections_per="track",
+                                           track_max_distance_m=2.0))
+    assert [line.split("'")[1] for line in depth] == ["track_max_distance_m", "detections_per",
+                                                      "cloud_stride"]
+    assert depth[-1].endswith("does nothing without depth_topics")
+    assert depth[0].endswith("without instances: true and depth_topics")
+    assert node_params.idle_settings(dict(node_params.DEFAULTS, cloud_stride=8, depth_topics=["/d"])) == []
+    assert node_params.idle_settings(dict(node_params.DEFAULTS, cloud_stride=8, depth_topics=[""])) != []
+    # every need names a known condition, and every condition is used
+    needs = {s.needs for s in node_params.NODE_PARAM_SPECS if s.needs}
+    assert needs == set(node_params.NEEDS)
