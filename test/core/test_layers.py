@@ -14,7 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "cass_ros" / "core"
 BLOCKED = ("rclpy", "rosbags", "sensor_msgs", "std_msgs", "diagnostic_msgs", "rcl_interfaces",
-           "cass_ros.msg", "cass_ros.ros", "cass_ros.bag", "cass_ros.cli", "cv_bridge", "mcap")
+           "cass_ros.msg", "cass_ros.ros", "cass_ros.bag", "cass_ros.cli", "cv_bridge", "mcap",
+           "mcap_protobuf", "foxglove_schemas_protobuf")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
