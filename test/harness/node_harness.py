@@ -37,8 +37,9 @@ def _pick_domain() -> int:
 def ros_domain() -> int:
     domain = int(os.environ.get("CASS_TEST_DOMAIN_ID", 0)) or _pick_domain()
     os.environ["ROS_DOMAIN_ID"] = str(domain)
+    # Jazzy and Kilted's setting; not Humble's ROS_LOCALHOST_ONLY, on which
+    # Jazzy's rcl warns in every process (the ros2 commands' stderr too).
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")  # Humble's name for it
     return domain
 
 

@@ -14,13 +14,30 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = REPO / ".venv" / "bin"
 CONFIG = REPO / "config" / "cass.yaml"
+
+
+def _distro_trees() -> tuple[Path, Path]:
+    """(venv, colcon install tree) of the distribution this suite runs under:
+    the Makefile runs Kilted's tests from .venv with install/, Jazzy's from
+    .venv-jazzy with install-jazzy/ (issue 22: the Jazzy half must start
+    Jazzy's ros2 and node, not Kilted's)."""
+    venv = Path(sys.prefix)
+    if venv.parent.resolve() != REPO.resolve() or not venv.name.startswith(".venv"):
+        venv = REPO / ".venv"   # run from elsewhere: the README's (Kilted) trees
+    return venv, REPO / ("install" + venv.name[len(".venv"):])
+
+
+VENV, INSTALL = _distro_trees()
+VENV_BIN = VENV / "bin"
+# The README's set-up line names Kilted's trees: True when this suite runs them.
+README_TREES = VENV.name == ".venv"
 
 # What a user's shell has that the test session's must not lend: the
 # variables `source install/setup.bash` and venv activation set, and those
@@ -115,11 +132,23 @@ def setup_line() -> str:
     return command
 
 
+def distro_setup_line() -> str:
+    """The README's set-up line for the distribution this suite runs under:
+    itself for Kilted; with .venv-jazzy and install-jazzy/ for Jazzy."""
+    line = setup_line()
+    if README_TREES:
+        return line
+    out = re.sub(r"(?<![\w-])\.venv/", f"{VENV.name}/", line)
+    out = re.sub(r"(?<![\w-])install/", f"{INSTALL.name}/", out)
+    assert out != line, f"the README's set-up line names no .venv/ or install/: {line!r}"
+    return out
+
+
 def bash(command: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300.0,
          setup: bool = True) -> subprocess.CompletedProcess:
     """``command`` through bash in ``cwd``, after the README's set-up line
     (run from the repository root, as the README says)."""
-    script = (f"cd {shlex.quote(str(REPO))} && {setup_line()} && cd {shlex.quote(str(cwd))} && "
+    script = (f"cd {shlex.quote(str(REPO))} && {distro_setup_line()} && cd {shlex.quote(str(cwd))} && "
               f"{command}") if setup else command
     return subprocess.run(["bash", "-c", script], cwd=cwd, env=env or user_env(),
                           capture_output=True, text=True, timeout=timeout)
@@ -129,7 +158,7 @@ def start_bash(command: str, cwd: Path, log: Path, env: dict[str, str] | None = 
                ) -> subprocess.Popen:
     """A long-running ``command`` (ros2 launch, a node) in its own process
     group, so that stop() can end it and everything it started."""
-    script = (f"cd {shlex.quote(str(REPO))} && {setup_line()} && cd {shlex.quote(str(cwd))} && "
+    script = (f"cd {shlex.quote(str(REPO))} && {distro_setup_line()} && cd {shlex.quote(str(cwd))} && "
               f"exec {command}")
     out = open(log, "wb")  # noqa: SIM115 - closed in stop()
     proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env or user_env(), stdout=out,
