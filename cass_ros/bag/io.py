@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import apsw
 import cv2
@@ -43,22 +43,13 @@ from ..ros.vision import DETECTIONS_TYPE, LABEL_INFO_TYPE, detections_fields, la
 from ..core.prompts import PromptSet
 from ..core.result import SegmentationResult
 from . import inputs
-
-if TYPE_CHECKING:
-    from .inputs.foxglove import FoxgloveStorage
-    from .inputs.ros1 import Ros1Storage
+from .inputs.storage import Storage
+from .inputs.storage import one_line as _one_line
+# The type names live below io and bag.inputs; io is where the tools read them.
+from .msgtypes import (CLASS_TABLE, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES,  # noqa: F401
+                       INSTANCE, INSTANCES, OBJECT, OBJECTS, STRING, normalize_msgtype)
 
 log = logging.getLogger(__name__)
-
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
-STRING = "std_msgs/msg/String"
-OBJECTS = "cass_ros/msg/ObjectPresenceArray"
-OBJECT = "cass_ros/msg/ObjectPresence"
-CLASS_TABLE = "cass_ros/msg/ClassTable"
-INSTANCES = "cass_ros/msg/InstanceArray"
-INSTANCE = "cass_ros/msg/Instance"
-IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 
 PROMPTS_TOPIC = "/cass/prompts"
 CLASSES_TOPIC = "/cass/classes"
@@ -227,9 +218,8 @@ _MCAP_FOOTER, _MCAP_DATA_END = 0x02, 0x0F
 # not a database (apsw.Error shares no base class with them).
 _OPEN_ERRORS = (ReaderError, OSError, ValueError, KeyError, apsw.Error)
 # A whole bag (rosbags' Reader), one storage file read on its own, or a
-# recording of another tool converted (bag.inputs, whose readers import
-# this module: named, not imported, here).
-_Storage = Union[Reader, McapReader, Sqlite3Reader, "Ros1Storage", "FoxgloveStorage"]
+# recording of another tool converted (bag.inputs.storage.Storage).
+_Storage = Reader | McapReader | Sqlite3Reader | Storage
 
 
 @dataclass
@@ -355,14 +345,6 @@ def _input_bag(path: Path, storages: list[_Storage], message_count: int) -> Inpu
                     _storages=storages, _own=own)
 
 
-def normalize_msgtype(msgtype: str) -> str:
-    """``pkg/msg/Type`` for ``pkg/Type``, the name older rosbag2 releases,
-    some MCAP writers and ROS 1 give a message type (docs/ros-interface.md,
-    cass_bag); any other name unchanged."""
-    parts = msgtype.split("/")
-    return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 and all(parts) else msgtype
-
-
 def _storage_files(path: Path) -> list[Path]:
     """The .mcap / .db3 files of a bag directory in recording order
     (``name_2`` before ``name_10``), or the file itself."""
@@ -393,11 +375,6 @@ def _why_not_a_bag(path: Path, error: BaseException) -> str:
     return (f"not a rosbag2: expected a bag directory, an .mcap or .db3 file or a ROS 1 "
             f".bag file, not {path.suffix or 'a file without a suffix'}")
 
-
-def _one_line(error: BaseException) -> str:
-    """The first line of an error (a YAML error adds the offending lines)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _open_storage_file(path: Path) -> tuple[_Storage, str]:

@@ -15,25 +15,13 @@ rosbags' ``ReaderError`` with one line for what it cannot read, which
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .foxglove import FoxgloveStorage
-    from .ros1 import Ros1Storage
+from .storage import Storage
 
 ROS1_SUFFIX = ".bag"
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
 _MCAP_HEADER = 0x01
-
-
-@dataclass
-class StorageMeta:
-    """What ``bag.io`` reads of a storage's metadata."""
-
-    start_time: int
-    message_count: int
 
 
 def mcap_profile(path: Path) -> str | None:
@@ -63,13 +51,7 @@ def is_foreign(path: Path) -> bool:
     return profile is not None and profile != "ros2"
 
 
-def one_line(error: BaseException) -> str:
-    """The first line of an error, or its type's name."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def open_foreign(path: Path) -> Ros1Storage | FoxgloveStorage:
+def open_foreign(path: Path) -> Storage:
     """The storage of a file ``is_foreign`` accepts. The readers are
     imported here: the mcap and protobuf packages load only when such a
     file is read, not with every cass_bag run."""

@@ -13,7 +13,7 @@ from rosbags.interfaces import (Connection, ConnectionExtRosbag2, MessageDefinit
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-from ..io import COMPRESSED_IMAGE, IMAGE, STRING
+from ..msgtypes import COMPRESSED_IMAGE, IMAGE, STRING
 
 
 @cache

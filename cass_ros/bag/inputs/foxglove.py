@@ -27,8 +27,9 @@ from mcap_protobuf.decoder import DecoderFactory
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import ReaderError
 
-from ..io import COMPRESSED_IMAGE, IMAGE, STRING, normalize_msgtype
-from . import StorageMeta, convert, one_line
+from ..msgtypes import COMPRESSED_IMAGE, IMAGE, STRING, normalize_msgtype
+from .convert import compressed_cdr, connection, header, image_cdr
+from .storage import StorageMeta, one_line
 
 RAW_IMAGE_SCHEMA = "foxglove.RawImage"
 COMPRESSED_IMAGE_SCHEMA = "foxglove.CompressedImage"
@@ -53,8 +54,8 @@ class FoxgloveStorage:
                 found = _converter(ch, schemas.get(ch.schema_id))
                 if found is not None:
                     msgtype, self._to_cdr[ch.id] = found
-                    self.connections.append(convert.connection(ch.id, ch.topic, msgtype,
-                                                               counts.get(ch.id, 0)))
+                    self.connections.append(connection(ch.id, ch.topic, msgtype,
+                                                       counts.get(ch.id, 0)))
         except _READ_ERRORS as e:
             self._file.close()
             raise ReaderError(f"not a readable MCAP file: {one_line(e)}") from None
@@ -151,10 +152,10 @@ def _from_json(data: bytes) -> dict[str, Any]:
 
 
 def _to_ros(msgtype: str, f: dict[str, Any]) -> bytes:
-    head = convert.header(f["stamp_ns"], f.get("frame_id", ""))
+    head = header(f["stamp_ns"], f.get("frame_id", ""))
     if msgtype == COMPRESSED_IMAGE:
-        return convert.compressed_cdr(head, fmt=f.get("format", ""), data=f["data"])
-    return convert.image_cdr(head, height=f.get("height", 0), width=f.get("width", 0),
+        return compressed_cdr(head, fmt=f.get("format", ""), data=f["data"])
+    return image_cdr(head, height=f.get("height", 0), width=f.get("width", 0),
                              encoding=f.get("encoding", ""), step=f.get("step", 0),
                              data=f["data"])
 

@@ -17,30 +17,30 @@ from rosbags.rosbag1 import ReaderError as Ros1ReaderError
 from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_typestore
 
-from ..io import COMPRESSED_IMAGE, IMAGE, STRING, normalize_msgtype
-from . import StorageMeta, convert, one_line
+from ..msgtypes import COMPRESSED_IMAGE, IMAGE, STRING, normalize_msgtype
+from .convert import compressed_cdr, connection, header, image_cdr, string_cdr
+from .storage import StorageMeta, one_line
 
 
 def _image(msg: Any) -> bytes:
-    return convert.image_cdr(_header(msg), height=msg.height, width=msg.width,
+    return image_cdr(_header(msg), height=msg.height, width=msg.width,
                              encoding=msg.encoding, step=msg.step, data=msg.data,
                              is_bigendian=msg.is_bigendian)
 
 
 def _compressed(msg: Any) -> bytes:
-    return convert.compressed_cdr(_header(msg), fmt=msg.format, data=msg.data)
+    return compressed_cdr(_header(msg), fmt=msg.format, data=msg.data)
 
 
 def _header(msg: Any) -> Any:
     stamp = msg.header.stamp
-    return convert.header(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec),
-                          msg.header.frame_id)
+    return header(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec), msg.header.frame_id)
 
 
 # The types converted, and how.
 CONVERTERS: dict[str, Callable[[Any], bytes]] = {
     IMAGE: _image, COMPRESSED_IMAGE: _compressed,
-    STRING: lambda msg: convert.string_cdr(msg.data)}
+    STRING: lambda msg: string_cdr(msg.data)}
 
 
 class Ros1Storage:
@@ -55,8 +55,8 @@ class Ros1Storage:
         self._types = get_typestore(Stores.ROS1_NOETIC)
         self._source = {c.id: c for c in self._reader.connections
                         if normalize_msgtype(c.msgtype) in CONVERTERS}
-        self.connections = [convert.connection(c.id, c.topic, normalize_msgtype(c.msgtype),
-                                               c.msgcount) for c in self._source.values()]
+        self.connections = [connection(c.id, c.topic, normalize_msgtype(c.msgtype), c.msgcount)
+                            for c in self._source.values()]
         count = sum(c.msgcount for c in self.connections)
         self.metadata = StorageMeta(self._reader.start_time if count else 0, count)
 
