@@ -160,13 +160,13 @@ def test_rejected_prompts_keep_it_waiting(waiting: Any) -> None:
     _check_first_set(waiting, stamps[-1], ["tree"])
 
 
-def test_the_executable_logs_one_waiting_line(tiny_weights: tuple[str, str],
-                                              tmp_path: Path, ros_domain: int) -> None:
+def _log_until_ready(tiny_weights: tuple[str, str], log: Path, ns: str,
+                     **params: object) -> str:
+    """The installed node's log from start until ready (plus half a second),
+    then stopped with SIGINT; it must exit 0."""
     clip, dino = tiny_weights
-    ns = unique_namespace("lt")
-    log = tmp_path / "node.log"
     args = ros_args({"clip_weights": clip, "dino_weights": dino, "device": "cpu",
-                     "short_side": 64}) + ["-r", f"__ns:={ns}"]
+                     "short_side": 64, **params}) + ["-r", f"__ns:={ns}"]
     proc = start_node(args, log)
     try:
         wait_log(proc, log, READY)
@@ -175,6 +175,13 @@ def test_the_executable_logs_one_waiting_line(tiny_weights: tuple[str, str],
         rc = stop_node(proc)
     text = log.read_text()
     assert rc == 0, text[-3000:]
+    return text
+
+
+def test_the_executable_logs_one_waiting_line(tiny_weights: tuple[str, str],
+                                              tmp_path: Path, ros_domain: int) -> None:
+    ns = unique_namespace("lt")
+    text = _log_until_ready(tiny_weights, tmp_path / "node.log", ns)
     lines = [ln for ln in text.splitlines() if "waiting for prompts" in ln]
     assert len(lines) == 1, text
     assert f"waiting for prompts on {ns}/cass/prompts or the 'prompts' parameter" in lines[0]
@@ -185,18 +192,8 @@ def test_a_parameter_set_alone_is_warned_in_one_line(tiny_weights: tuple[str, st
                                                       tmp_path: Path, ros_domain: int) -> None:
     """publish_instances: true without instances: true (issue 22): the node
     starts and says in one warning line that it does nothing."""
-    clip, dino = tiny_weights
-    log = tmp_path / "node.log"
-    args = ros_args({"clip_weights": clip, "dino_weights": dino, "device": "cpu",
-                     "short_side": 64, "publish_instances": True}) + \
-        ["-r", f"__ns:={unique_namespace('idle')}"]
-    proc = start_node(args, log)
-    try:
-        wait_log(proc, log, READY)
-    finally:
-        rc = stop_node(proc)
-    text = log.read_text()
-    assert rc == 0, text[-3000:]
+    text = _log_until_ready(tiny_weights, tmp_path / "node.log", unique_namespace("idle"),
+                            publish_instances=True)
     lines = [ln for ln in text.splitlines() if "'publish_instances'" in ln]
     assert len(lines) == 1, text
     assert "WARN" in lines[0] and lines[0].endswith(
