@@ -217,3 +217,25 @@ def test_strict_fp32_turns_tf32_off_and_restores_it():
         assert torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("dtype", [BF16, FP16])
+def test_low_linear_multiplies_in_the_low_dtype_and_returns_float32(dtype):
+    """mixed's products: float32 in and out, the product of the low-dtype
+    roundings of x and W (so within their rounding of the float64 product),
+    each weight's low copy made once."""
+    from cass_ros.core.vit_features import LowLinear
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 5, 64, generator=gen), torch.randn(32, 64, generator=gen), \
+        torch.randn(32, generator=gen)
+    low = LowLinear(dtype)
+    got = low(x, w, b)
+    assert got.dtype == torch.float32 and got.shape == (2, 5, 32)
+    want = x.to(dtype).double() @ w.to(dtype).double().T + b.to(dtype).double()
+    torch.testing.assert_close(got.double(), want, atol=0.5, rtol=2e-2)
+    exact = x.double() @ w.double().T + b.double()
+    assert 0 < (got.double() - exact).abs().max() < 0.5
+    kept = low._low[id(w)]
+    low(x, w, b)
+    assert low._low[id(w)] is kept and kept[1].dtype == dtype
