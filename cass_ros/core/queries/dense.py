@@ -8,6 +8,8 @@ is the patch logit of 4.4 with alpha = beta = 0.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..mapping import scale_camera_matrices
-from .features import CropFeatures, ImageFeatures
+from .features import Box, ImageFeatures
 
 
 @dataclass(frozen=True)
@@ -83,26 +85,50 @@ def dense_features(features: ImageFeatures, patch: int,
     centre of the image's grid that its box contains, by 5.1's bilinear
     rule, and the reads are averaged over the crops (5.2); with whole-image
     crops, and with crops on multiples of the cell size, a read is one crop
-    cell exactly. ``dtype``: float16 halves the bytes (computed in float32)."""
+    cell exactly. ``dtype``: float16 halves the bytes (computed in float32).
+    One sparse product per crop batch; its matrix is cached per geometry."""
     grids = [image_grid(r, patch) for r in features.resized_sizes]
     starts = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in grids])])
     device = features.groups[0].patches.device
     width = features.groups[0].patches.shape[-1]
-    total = torch.zeros(int(starts[-1]), width, device=device)      # (sum gh gw, E)
-    count = torch.zeros(int(starts[-1]), device=device)
-    for grp in features.groups:
-        dst, src, weight, covered = _crop_taps(grp, features.resized_sizes, grids, starts)
-        unit = F.normalize(grp.patches, dim=-1).reshape(-1, width)  # (B N, E)
-        total.index_add_(0, torch.from_numpy(dst).to(device),
-                         unit[torch.from_numpy(src).to(device)]
-                         * torch.from_numpy(weight).to(device)[:, None])
-        cells = torch.from_numpy(covered).to(device)
-        count.index_add_(0, cells, torch.ones_like(cells, dtype=count.dtype))
-    total /= count[:, None]
+    key = (tuple(features.resized_sizes), patch, str(device),
+           tuple((g.size, g.grid, g.images, g.boxes) for g in features.groups))
+    total = None                                                      # (sum gh gw, E)
+    for grp, merge in zip(features.groups, _merge_matrices(key)):
+        part = F.normalize(grp.patches, dim=-1).reshape(-1, width)  # (B N, E)
+        part = part if merge is None else merge @ part
+        total = part if total is None else total + part
     return [DenseFeatures(total[starts[i]:starts[i + 1]].reshape(*grids[i], width).to(dtype),
                           _image_vector(features, i).to(dtype),
                           Placement(tuple(features.input_sizes[i]), grids[i]))
             for i in range(len(features))]
+
+
+@functools.lru_cache(maxsize=32)
+def _merge_matrices(key: tuple) -> list[torch.Tensor | None]:
+    """Per crop batch, the sparse CSR matrix (sum gh gw, B N) of the merge:
+    each read's bilinear weight divided by the number of crops that cover
+    the cell (5.2's coverage); None for the identity (whole-image mode)."""
+    resized, patch, device, groups = key
+    grids = [image_grid(r, patch) for r in resized]
+    starts = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in grids])])
+    taps = [_crop_taps(size, grid, images, boxes, resized, grids, starts)
+            for size, grid, images, boxes in groups]
+    coverage = np.bincount(np.concatenate([t[3] for t in taps]), minlength=int(starts[-1]))
+    out = []
+    for (dst, src, weight, _), (_, grid, images, _) in zip(taps, groups):
+        shape = (int(starts[-1]), len(images) * grid[0] * grid[1])
+        values = weight / coverage[dst]
+        if (len(groups) == 1 and shape[0] == shape[1] == len(dst) and (values == 1).all()
+                and (dst == src).all()):
+            out.append(None)
+            continue
+        with warnings.catch_warnings():     # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([dst, src])),
+                                          torch.from_numpy(values.astype(np.float32)), shape)
+            out.append(coo.coalesce().to_sparse_csr().to(device))
+    return out
 
 
 def _image_vector(features: ImageFeatures, i: int) -> torch.Tensor:
@@ -138,17 +164,19 @@ def _axis_taps(length: np.ndarray, cells: np.ndarray, start: np.ndarray, stop: n
     return covered, np.stack([i0, i1], -1), np.stack([1.0 - w1, w1], -1)
 
 
-def _crop_taps(grp: CropFeatures, resized: Sequence[tuple[int, int]],
-               grids: Sequence[tuple[int, int]], starts: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every (image cell, crop patch, weight) read of a crop batch, zero
-    weights dropped: dst, src (rows of the (B N, E) patches), weight
-    (float32), and the image cell of each (crop, covered cell) pair once."""
-    boxes = np.array(grp.boxes, np.int64)                   # (B, 4) y0, y1, x0, x1
-    owners = np.array(grp.images)
+def _crop_taps(crop_size: tuple[int, int], crop_grid: tuple[int, int],
+               images: tuple[int, ...], crop_boxes: tuple[Box, ...],
+               resized: Sequence[tuple[int, int]], grids: Sequence[tuple[int, int]],
+               starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (image cell, crop patch, weight) read of a crop batch (its
+    CropFeatures' size, grid, images and boxes), zero weights dropped: dst,
+    src (rows of the (B N, E) patches), weight (float64), and the image
+    cell of each (crop, covered cell) pair once."""
+    boxes = np.array(crop_boxes, np.int64)                  # (B, 4) y0, y1, x0, x1
+    owners = np.array(images)
     size = np.array([resized[i] for i in owners], np.int64)  # (B, 2)
     grid = np.array([grids[i] for i in owners], np.int64)    # (B, 2)
-    gh, gw = grp.grid
+    gh, gw = crop_grid
     cy, iy, wy = _axis_taps(size[:, 0], grid[:, 0], boxes[:, 0], boxes[:, 1],
                             np.full(len(owners), gh), int(grid[:, 0].max()))
     cx, ix, wx = _axis_taps(size[:, 1], grid[:, 1], boxes[:, 2], boxes[:, 3],
@@ -162,4 +190,4 @@ def _crop_taps(grp: CropFeatures, resized: Sequence[tuple[int, int]],
             * grid[:, 1, None, None] + np.arange(cx.shape[1])[None, None, :])  # (B, Jy, Jx)
     keep = cover[..., None, None] & (weight > 0)
     dst = np.broadcast_to(cell[..., None, None], keep.shape)[keep]
-    return dst, src[keep], weight[keep].astype(np.float32), cell[cover]
+    return dst, src[keep], weight[keep], cell[cover]
