@@ -3,7 +3,7 @@
     cass_segment IMAGE_OR_DIR... --out DIR [--config YAML] [--preset NAME]
                  [--prompts TEXT ...] [--queries FILE] [--classes-file FILE]
                  [--device DEV] [--save-probs] [--no-legend] [--instances] [--track]
-                 [--set KEY=VALUE ...]
+                 [--features] [--set KEY=VALUE ...]
 
 Settings precedence: defaults < preset < --config < --set and the explicit
 flags. ``--config`` takes a flat YAML mapping of parameter names or a ROS
@@ -30,6 +30,13 @@ images of another size do): ids are then track ids, in the PNG as
 ``(id - 1) % 65535 + 1`` (the id itself up to 65535). ``--set`` takes the
 node's ``instance_min_pixels`` and ``track_min_iou`` / ``track_max_missed``
 / ``track_min_hits``.
+
+``--features`` (docs/algorithm.md 10.1): also ``<stem>_features.npy``, the
+dense language features (gh x gw x E float16, CLIP's patch grid of the
+image) and ``<stem>_features.json`` (their placement in the image, grid,
+dtype, model, the image-level embedding); with ``--instances`` each entry
+of ``instances`` gains an ``embedding`` (E floats, unit). With several
+prompt sets each set's folder gets them, as a run with that set alone.
 """
 
 from __future__ import annotations
@@ -76,6 +83,9 @@ TRACK_FRAME_S = 0.001
 PNG_IDS = 65535
 # The index of the set folders of a run with several prompt sets.
 SETS_INDEX_NAME = "sets.json"
+# --features: the dtype of <stem>_features.npy and the file names' suffix.
+FEATURES_DTYPE = "float16"
+FEATURES_SUFFIX = "_features"
 # Largest input decoded (2^27 = 134 M pixels, e.g. 11585 x 11585). Beyond it
 # the full-resolution overlay and probabilities alone need gigabytes, and a
 # file that claims more is far more likely broken or hostile than a photo.
@@ -108,6 +118,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--track", action="store_true",
                    help="track the instances across the inputs in file order (implies "
                    "--instances); ids are track ids")
+    p.add_argument("--features", action="store_true",
+                   help="also write <stem>_features.npy (dense language features, gh x gw x E "
+                   "float16 at CLIP's patch grid) and <stem>_features.json (their placement); "
+                   "with --instances an 'embedding' per instance")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override parameters (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
@@ -294,10 +308,12 @@ class _Objects:
 
 
 def find_objects(result: SegmentationResult, runtime: dict[str, Any],
-                 tracker: Any | None, frame: int) -> _Objects:
+                 tracker: Any | None, frame: int, dense: Any | None = None) -> _Objects:
     """The instances of ``result`` (docs/algorithm.md 11), and with a
     Tracker their tracks: ids are then track ids (only published tracks'
-    instances listed and drawn), frame ``frame`` at TRACK_FRAME_S apart."""
+    instances listed and drawn), frame ``frame`` at TRACK_FRAME_S apart.
+    With ``dense`` (--features: DenseFeatures) each entry gets the
+    instance's pooled ``embedding`` (docs/algorithm.md 10.1)."""
     from ..core.objects.instances import find_instances
     from ..core.objects.tracks import instance_track_ids
 
@@ -314,6 +330,13 @@ def find_objects(result: SegmentationResult, runtime: dict[str, Any],
                 "bbox": [int(v) for v in inst.boxes[i - 1]],
                 "mean_confidence": float(inst.mean_confidence[i - 1])}
                for i in range(1, inst.count + 1) if ids[i] > 0]
+    if dense is not None and entries:
+        from ..core.queries.pooling import pool_regions
+
+        pooled = pool_regions(dense, inst.index, inst.count, inst.boxes).cpu().numpy()
+        listed = [i for i in range(1, inst.count + 1) if ids[i] > 0]
+        for entry, i in zip(entries, listed, strict=True):
+            entry["embedding"] = [float(v) for v in pooled[i - 1]]
     shown = np.where(ids > 0, np.arange(inst.count + 1), 0)[inst.index]   # (H, W) int32
     return _Objects(png_ids[inst.index], shown.astype(np.int32), entries)
 
@@ -509,6 +532,29 @@ def _write_images(args: argparse.Namespace, out: Path, stem: str, rgb: np.ndarra
         np.save(out / f"{stem}_probs.npy", result.probs.astype(np.float32))
 
 
+def features_json(image: str, file: str, dense: Any, model: str) -> dict[str, Any]:
+    """``<stem>_features.json`` (--features, docs/algorithm.md 10.1)."""
+    gh, gw, width = dense.patches.shape
+    return {"image": image, "file": file, "shape": [gh, gw, width], "dtype": FEATURES_DTYPE,
+            "model": model, "placement": dense.placement.to_json(),
+            "image_embedding": [float(v) for v in dense.image.float().cpu().numpy()]}
+
+
+def _write_features(out: Path, stem: str, image: str, dense: Any, model: str) -> None:
+    """``<stem>_features.npy`` (gh x gw x E float16) and its JSON."""
+    name = f"{stem}{FEATURES_SUFFIX}"
+    np.save(out / f"{name}.npy", dense.patches.cpu().numpy().astype(FEATURES_DTYPE))
+    doc = features_json(image, f"{name}.npy", dense, model)
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _dense(segmenter: Any, features: Any) -> Any:
+    """The image's dense features (fp32; written as FEATURES_DTYPE)."""
+    from ..core.queries.dense import dense_features
+
+    return dense_features(features, segmenter.clip.patch)[0]
+
+
 def _read_input(path: Path) -> np.ndarray | None:
     """The input's RGB pixels; None (reported in one line) when unreadable."""
     try:
@@ -527,9 +573,18 @@ def _segment_one(args: argparse.Namespace, path: Path, stem: str, segmenter: Any
     if rgb is None:
         return 1
     t_read = time.perf_counter() - t0
-    result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
+    dense = None
+    if args.features:
+        results, features = segmenter.segment_keeping([rgb], prepared,
+                                                      return_probs=args.save_probs)
+        result = results[0]
+    else:
+        result = segmenter.segment([rgb], prepared, return_probs=args.save_probs)[0]
     t1 = time.perf_counter()
-    objects = find_objects(result, runtime, tracker, frame) if args.instances else None
+    if args.features:
+        dense = _dense(segmenter, features)
+        _write_features(out, stem, str(path), dense, segmenter.models.clip_id)
+    objects = find_objects(result, runtime, tracker, frame, dense) if args.instances else None
     _write_images(args, out, stem, rgb, result, colors, runtime, objects)
     t_write = time.perf_counter() - t1
     result.timings_ms["read"] = round(t_read * 1000.0, 3)
@@ -551,6 +606,7 @@ def _segment_sets(args: argparse.Namespace, path: Path, stem: str, segmenter: An
         return 1
     t_read = time.perf_counter() - t0
     features = segmenter.encode([rgb])
+    dense = _dense(segmenter, features) if args.features else None
     # The stage times of that one pass: encode keeps them in the segmenter's
     # stage timer (segment reads it the same way), its total is encode's.
     shared = segmenter._timer.timings_ms()
@@ -558,7 +614,10 @@ def _segment_sets(args: argparse.Namespace, path: Path, stem: str, segmenter: An
         t1 = time.perf_counter()
         result = segmenter.decode(features, o.prepared, return_probs=args.save_probs)[0]
         t2 = time.perf_counter()
-        objects = find_objects(result, runtime, o.tracker, frame) if args.instances else None
+        if dense is not None:
+            _write_features(o.folder, stem, str(path), dense, segmenter.models.clip_id)
+        objects = (find_objects(result, runtime, o.tracker, frame, dense) if args.instances
+                   else None)
         _write_images(args, o.folder, stem, rgb, result, o.colors, runtime, objects)
         t_write = time.perf_counter() - t2
         # Each set's JSON: the shared read and forward pass, plus its own

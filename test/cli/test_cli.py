@@ -653,3 +653,111 @@ def test_instance_and_track_settings_are_checked(images, base_args, tmp_path, ca
         assert rc == 2
         err = capsys.readouterr().err
         assert err.startswith("cass_segment: error:") and key in err
+
+
+# ------------------------------------------------------------------ --features
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def run_features(request, images, base_args, tmp_path_factory):
+    """In one mode: a run with --features --instances, the same run without
+    --features, and a two-set run with --features --instances."""
+    root = tmp_path_factory.mktemp(f"cli_features_{request.param}")
+    common = [str(images / "first.png"), str(images / "second.jpg"), "--save-probs",
+              "--instances", *EVERY_PIXEL, *base_args, *MODES[request.param]]
+    rcs = [cli.main(["--out", str(root / "features"), "--prompts", PROMPTS, "--features",
+                     *common]),
+           cli.main(["--out", str(root / "plain"), "--prompts", PROMPTS, *common]),
+           cli.main(["--out", str(root / "sets"), "--prompts", PROMPTS, "--prompts", SET_B,
+                     "--features", *common])]
+    assert rcs == [0, 0, 0]
+    return root, MODES[request.param]
+
+
+def _library_dense(tiny_weights, images, stem: str, mode: list[str]):
+    from cass_ros.core.queries.dense import dense_features
+
+    from cass_ros.core.config import coerce
+
+    settings = {"clip_weights": tiny_weights[0], "dino_weights": tiny_weights[1],
+                "device": "cpu", "short_side": 64}
+    settings.update((k, coerce(k, v)) for k, v in (i.split("=", 1) for i in mode if "=" in i))
+    seg = Segmenter(build_config(settings))
+    path = next(images.glob(f"{stem}.*"))
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return seg, dense_features(seg.encode([rgb]), seg.clip.patch)[0], rgb.shape[:2]
+
+
+def test_features_files_are_the_librarys_dense_features(run_features, images, tiny_weights):
+    from cass_ros.core.queries.dense import Placement
+
+    root, mode = run_features
+    out = root / "features"
+    for stem in ("first", "second"):
+        seg, dense, size = _library_dense(tiny_weights, images, stem, mode)
+        grid = np.load(out / f"{stem}_features.npy")
+        assert grid.dtype == np.float16 and grid.ndim == 3
+        assert np.array_equal(grid, dense.patches.half().numpy())
+        doc = json.loads((out / f"{stem}_features.json").read_text())
+        assert list(doc) == ["image", "file", "shape", "dtype", "model", "placement",
+                             "image_embedding"]
+        assert doc["file"] == f"{stem}_features.npy" and doc["dtype"] == "float16"
+        assert doc["shape"] == list(grid.shape) and doc["model"] == seg.models.clip_id
+        assert doc["placement"] == Placement(size, grid.shape[:2]).to_json()
+        assert doc["placement"]["image_size"] == list(size)
+        np.testing.assert_allclose(doc["image_embedding"], dense.image.numpy(), atol=1e-7)
+
+
+def test_instance_embeddings_are_the_pooled_features(run_features, images, tiny_weights):
+    from cass_ros.core.objects.instances import InstanceParams, find_instances
+    from cass_ros.core.queries.pooling import pool_regions
+
+    root, mode = run_features
+    out = root / "features"
+    found = 0
+    for stem in ("first", "second"):
+        _, dense, _ = _library_dense(tiny_weights, images, stem, mode)
+        labels = cv2.imread(str(out / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        inst = find_instances(labels, InstanceParams(min_pixels=2))
+        pooled = pool_regions(dense, inst.index, inst.count, inst.boxes).numpy()
+        entries = json.loads((out / f"{stem}.json").read_text())["instances"]
+        assert len(entries) == inst.count
+        for e in entries:
+            assert list(e)[-1] == "embedding" and len(e["embedding"]) == pooled.shape[1]
+            np.testing.assert_allclose(e["embedding"], pooled[e["id"] - 1], atol=1e-6)
+            assert np.linalg.norm(e["embedding"]) == pytest.approx(1.0, abs=1e-5)
+        found += inst.count
+    assert found >= 2
+
+
+def test_features_add_files_and_keys_only(run_features):
+    """The contract: --features adds files and keys; everything else is what
+    a run without it writes."""
+    root, _ = run_features
+    with_f, plain = root / "features", root / "plain"
+    added = {p.name for p in with_f.iterdir()} - {p.name for p in plain.iterdir()}
+    assert added == {f"{s}_features.{x}" for s in ("first", "second") for x in ("npy", "json")}
+    assert not list(plain.glob("*_features.*"))
+    for stem in ("first", "second"):
+        for name in (f"{stem}_labels.png", f"{stem}_instances.png", f"{stem}_overlay.png"):
+            assert (with_f / name).read_bytes() == (plain / name).read_bytes(), name
+        assert np.array_equal(np.load(with_f / f"{stem}_probs.npy"),
+                              np.load(plain / f"{stem}_probs.npy"))
+        doc = _json_without_timings(with_f / f"{stem}.json")
+        for e in doc["instances"]:
+            del e["embedding"]
+        assert doc == _json_without_timings(plain / f"{stem}.json")
+
+
+def test_each_set_folder_gets_the_features(run_features):
+    root, _ = run_features
+    for stem in ("first", "second"):
+        single = np.load(root / "features" / f"{stem}_features.npy")
+        for folder in ("set_01", "set_02"):
+            assert np.array_equal(np.load(root / "sets" / folder / f"{stem}_features.npy"),
+                                  single)
+            assert ((root / "sets" / folder / f"{stem}_features.json").read_text()
+                    == (root / "features" / f"{stem}_features.json").read_text())
+        # set 1 is the single run's prompt set: the same instances and embeddings
+        assert (json.loads((root / "sets" / "set_01" / f"{stem}.json").read_text())["instances"]
+                == json.loads((root / "features" / f"{stem}.json").read_text())["instances"])
