@@ -87,6 +87,8 @@ def dense_features(features: ImageFeatures, patch: int,
     crops, and with crops on multiples of the cell size, a read is one crop
     cell exactly. ``dtype``: float16 halves the bytes (computed in float32).
     One sparse product per crop batch; its matrix is cached per geometry."""
+    if not features.groups:
+        return []
     grids = [image_grid(r, patch) for r in features.resized_sizes]
     starts = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in grids])])
     device = features.groups[0].patches.device
