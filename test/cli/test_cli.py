@@ -761,3 +761,24 @@ def test_each_set_folder_gets_the_features(run_features):
         # set 1 is the single run's prompt set: the same instances and embeddings
         assert (json.loads((root / "sets" / "set_01" / f"{stem}.json").read_text())["instances"]
                 == json.loads((root / "features" / f"{stem}.json").read_text())["instances"])
+
+
+def test_tracked_instances_carry_their_embeddings(images, base_args, tmp_path):
+    """--track --features: instances are listed once their track is
+    published (track_min_hits 2: from the second frame), each with its
+    embedding, the pooled embedding of that frame's instance."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("a.png", "b.png"):
+        (frames / name).write_bytes((images / "first.png").read_bytes())
+    out = tmp_path / "out"
+    rc = cli.main([str(frames), "--out", str(out), "--prompts", PROMPTS, "--track", "--features",
+                   "--set", "track_min_hits=2", *EVERY_PIXEL, *base_args])
+    assert rc == 0
+    first, second = (json.loads((out / f"{s}.json").read_text())["instances"] for s in "ab")
+    assert first == []                      # not yet published (track_min_hits 2)
+    untracked = tmp_path / "untracked"
+    assert cli.main([str(frames / "b.png"), "--out", str(untracked), "--prompts", PROMPTS,
+                     "--instances", "--features", *EVERY_PIXEL, *base_args]) == 0
+    alone = json.loads((untracked / "b.json").read_text())["instances"]
+    assert second and [e["embedding"] for e in second] == [e["embedding"] for e in alone]
