@@ -9,7 +9,6 @@ is the patch logit of 4.4 with alpha = beta = 0.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,7 +85,8 @@ def dense_features(features: ImageFeatures, patch: int,
     rule, and the reads are averaged over the crops (5.2); with whole-image
     crops, and with crops on multiples of the cell size, a read is one crop
     cell exactly. ``dtype``: float16 halves the bytes (computed in float32).
-    One sparse product per crop batch; its matrix is cached per geometry."""
+    One weighted gather-sum per crop batch (a sparse product, as
+    embedding_bag); its indices and weights are cached per geometry."""
     if not features.groups:
         return []
     grids = [image_grid(r, patch) for r in features.resized_sizes]
@@ -98,7 +98,9 @@ def dense_features(features: ImageFeatures, patch: int,
     total = None                                                      # (sum gh gw, E)
     for grp, merge in zip(features.groups, _merge_matrices(key)):
         part = F.normalize(grp.patches, dim=-1).reshape(-1, width)  # (B N, E)
-        part = part if merge is None else merge @ part
+        if merge is not None:   # row r: sum of values[k] * part[src[k]], k in its bag
+            src, bags, values = merge
+            part = F.embedding_bag(src, part, bags, mode="sum", per_sample_weights=values)
         total = part if total is None else total + part
     return [DenseFeatures(total[starts[i]:starts[i + 1]].reshape(*grids[i], width).to(dtype),
                           _image_vector(features, i).to(dtype),
@@ -107,29 +109,30 @@ def dense_features(features: ImageFeatures, patch: int,
 
 
 @functools.lru_cache(maxsize=32)
-def _merge_matrices(key: tuple) -> list[torch.Tensor | None]:
-    """Per crop batch, the sparse CSR matrix (sum gh gw, B N) of the merge:
-    each read's bilinear weight divided by the number of crops that cover
-    the cell (5.2's coverage); None for the identity (whole-image mode)."""
+def _merge_matrices(key: tuple) -> list[tuple[torch.Tensor, ...] | None]:
+    """Per crop batch, the sparse matrix (sum gh gw, B N) of the merge in
+    rows: src (nnz,) patch rows, bags (sum gh gw,) each cell's first entry,
+    values (nnz,) float32 each read's bilinear weight divided by the number
+    of crops that cover the cell (5.2's coverage); None for the identity
+    (whole-image mode)."""
     resized, patch, device, groups = key
     grids = [image_grid(r, patch) for r in resized]
     starts = np.concatenate([[0], np.cumsum([gh * gw for gh, gw in grids])])
     taps = [_crop_taps(size, grid, images, boxes, resized, grids, starts)
             for size, grid, images, boxes in groups]
     coverage = np.bincount(np.concatenate([t[3] for t in taps]), minlength=int(starts[-1]))
-    out = []
+    out: list[tuple[torch.Tensor, ...] | None] = []
     for (dst, src, weight, _), (_, grid, images, _) in zip(taps, groups):
-        shape = (int(starts[-1]), len(images) * grid[0] * grid[1])
         values = weight / coverage[dst]
-        if (len(groups) == 1 and shape[0] == shape[1] == len(dst) and (values == 1).all()
+        rows = len(images) * grid[0] * grid[1]
+        if (len(groups) == 1 and int(starts[-1]) == rows == len(dst) and (values == 1).all()
                 and (dst == src).all()):
             out.append(None)
             continue
-        with warnings.catch_warnings():     # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([dst, src])),
-                                          torch.from_numpy(values.astype(np.float32)), shape)
-            out.append(coo.coalesce().to_sparse_csr().to(device))
+        order = np.argsort(dst, kind="stable")
+        bags = np.searchsorted(dst[order], np.arange(int(starts[-1])))
+        out.append(tuple(torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in
+                         (src[order], bags, values[order].astype(np.float32))))
     return out
 
 
