@@ -3,10 +3,12 @@ timm), no ROS and no rosbags. docs/algorithm.md describes each step; each
 lives in the module named for it (config, prompts, models, preprocess,
 vit_features, spectral, text, presence, segmenter, result, temporal,
 visualize, prompt_session; metrics and datasets for cass_eval; agreement for
-the device and precision comparisons; precision for the precision modes;
-vit_blocks, cpu_kernels and c_heap for how the trunks compute on each
-device; depth and mapping for 3D and the mappers' outputs). Subpackages: queries (the segmenter's image and prompt
-halves, describe, vocabulary) and objects (instances and tracks).
+every comparison of runs whose arithmetic differs; precision for the
+precision modes; vit_blocks, cpu_kernels and c_heap for how the trunks
+compute on each device; depth and mapping for 3D and the mappers' outputs).
+Subpackages: queries (the segmenter's image and prompt halves, describe,
+vocabulary, dense features and their pooling) and objects (instances and
+tracks).
 
 The public API, e.g.::
 
