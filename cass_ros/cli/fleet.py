@@ -4,6 +4,7 @@ docs/ros-interface.md, cass_fleet; README, "cass_fleet").
     cass_fleet INPUT... --out DIR [--params-file YAML] [--set KEY=VALUE ...]
                [--address auto|HOST:PORT] [--workers N] [--gpus-per-worker G]
                [--batch N] [--chunk-frames N] [--report] [--retry-failed]
+               [--max-attempts N] [--ray-temp-dir DIR]
 
 Exit codes: 0 every bag done; 1 some failed (the manifest, DIR/fleet.json,
 says why); 2 bad arguments, settings, inputs or a DIR of other settings (one
@@ -26,7 +27,7 @@ from ..bag import io as bag_io
 from ..core.config import ConfigError
 from ..core.prompts import PromptError
 from ..fleet import inputs as fleet_inputs
-from ..fleet.manifest import MANIFEST_NAME, Manifest, ManifestError
+from ..fleet.manifest import MANIFEST_NAME, MAX_ATTEMPTS, Manifest, ManifestError
 from .bag import parse_set
 
 EXIT_FAILED = 1
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also write DIR/report.html")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the bags the manifest holds as failed")
+    p.add_argument("--max-attempts", type=int, default=MAX_ATTEMPTS, metavar="N",
+                   help="runs of a bag whose worker is lost (a node gone, a crashed worker "
+                   "process) before it is recorded failed (default %(default)s)")
+    p.add_argument("--ray-temp-dir", type=Path, metavar="DIR",
+                   help="the local Ray's session folders (logs), kept there; default: a "
+                   "temporary folder removed after the run")
     p.add_argument("--overlays", action="store_true",
                    help="also write DIR/<bag>/overlays/<camera>/<frame>_overlay.png, _labels.png")
     p.add_argument("--summary", choices=SUMMARY_FORMATS,
@@ -110,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage=args.storage, color=args.color, copy_input=args.copy_input,
         overlays=args.overlays, summary=args.summary, address=args.address,
         workers=args.workers, gpus_per_worker=args.gpus_per_worker, batch=args.batch,
-        chunk_frames=args.chunk_frames, retry_failed=args.retry_failed)
+        chunk_frames=args.chunk_frames, retry_failed=args.retry_failed,
+        max_attempts=args.max_attempts, ray_temp_dir=args.ray_temp_dir)
     try:
         fo.settings = parse_set(args.settings)
         runner.check_settings(fo)

@@ -32,6 +32,13 @@ Its format (``"format": 1``)::
           "prompt_ids": [1, 2],           # the prompt_ids of the frames written
           "chunks": 1,                    # parts it ran in (--chunk-frames)
           "counts": {...},                # cass_bag's report: bad frames, prompts
+          "attempts": 1,                  # runs of it in the last run that ran it:
+                                          # 1, plus one per job of it whose worker
+                                          # was lost (0: not started)
+          "nodes": ["<ray node id>"],     # the Ray nodes its chunks ran on (while
+                                          # running: run on), each once
+          "lost": [{"node": "...", "chunk": 0, "reason": "worker lost: ..."}],
+                                          # each job of it whose worker died
           "finished": "2025-...Z"         # when its status last changed
         }
       ]
@@ -70,6 +77,11 @@ MANIFEST_NAME = "fleet.json"
 TMP_NAME = ".fleet_tmp"           # partial outputs, inside DIR (same filesystem: rename)
 NOT_FINGERPRINTED = ("device", "weights_cache_dir")
 STATUSES = ("pending", "running", "done", "failed")
+# The output flags' values when not given (cass_fleet's command line), which
+# the report compares the fingerprint's "outputs" with.
+OUTPUT_DEFAULTS = {"topics": [], "storage": "mcap", "color": True, "copy_input": False,
+                   "overlays": False, "summary": None}
+MAX_ATTEMPTS = 3                  # runs of a bag whose worker is lost (--max-attempts)
 _HASH_SPAN = 1 << 20              # bytes hashed at each end of a weights file
 
 

@@ -33,8 +33,23 @@ Design:
   order, ``chunks.join_bags``), and only then is it marked "done" in the
   manifest; a bag is marked "running" before its first job goes out.
 - A failing bag (unreadable, no prompts, a bad frame stream) is recorded
-  "failed" with cass_bag's one-line reason and the others go on; a lost
-  worker fails the bag it had and is replaced. Ctrl-C (KeyboardInterrupt)
+  "failed" with cass_bag's one-line reason and the others go on; it is not
+  run again (the same input fails the same way).
+- A lost worker (its process or its node died: Ray's ``RayActorError``,
+  ``ActorDiedError`` when the node is gone) is replaced by a new actor,
+  which gets work only once its model is loaded (``ready``): Ray places it
+  where resources are left, and a cluster that lost a node may have none,
+  so the run goes on with the workers it has. The job the worker had is
+  run again from its start (a chunked bag: that chunk only, its finished
+  chunks kept), in a new part folder (``DIR/.fleet_tmp/<bag>/partKKKK.A``,
+  A its attempt), the lost one's removed: nothing a dead worker half wrote
+  is ever joined or moved into place. A bag whose workers are lost
+  ``--max-attempts`` times (a bag that crashes its worker each time) is
+  recorded "failed" with the last loss as reason. Ray's own actor restarts
+  (``max_restarts``) are not used: a restarted actor would come back on
+  the same placement, its queued calls waiting on a node that may never
+  return, and the driver has to decide what to redo anyway.
+- Ctrl-C (KeyboardInterrupt)
   stops the workers, leaves the running bags "running" (not done: the next
   run does them again) and the manifest "interrupted".
 """
@@ -45,6 +60,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -59,7 +75,7 @@ from ..core.prompts import PromptError
 from ..ros import params as node_params
 from . import chunks
 from .inputs import BagInput
-from .manifest import TMP_NAME, Manifest, fingerprint
+from .manifest import MAX_ATTEMPTS, TMP_NAME, Manifest, fingerprint
 
 log = logging.getLogger("cass_fleet")
 
@@ -89,6 +105,8 @@ class FleetOptions:
     batch: int = 1
     chunk_frames: int = 0           # 0: never split a bag
     retry_failed: bool = False
+    max_attempts: int = MAX_ATTEMPTS  # runs of a bag whose worker is lost
+    ray_temp_dir: Path | None = None  # a local Ray's folder (kept); None: a temporary one
     # (frames so far, frames in all, bags ended, bags in all)
     progress: Callable[[int, int, int, int], None] | None = None
     stop_after: int | None = None   # tests: stop as Ctrl-C would after N bags ended
@@ -126,6 +144,11 @@ def check_settings(fo: FleetOptions) -> None:
         raise ConfigError(f"--chunk-frames must be >= 0, not {fo.chunk_frames}")
     if fo.workers is not None and fo.workers < 1:
         raise ConfigError(f"--workers must be >= 1, not {fo.workers}")
+    if fo.max_attempts < 1:
+        raise ConfigError(f"--max-attempts must be >= 1, not {fo.max_attempts}")
+    if fo.ray_temp_dir is not None and fo.address:
+        raise ConfigError("--ray-temp-dir is for the local Ray; a cluster's nodes have their "
+                          "own (ray start --temp-dir)")
     if fo.gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker must be >= 0, not {fo.gpus_per_worker}")
     if fo.storage not in bag_io.STORAGES:
@@ -167,9 +190,10 @@ class FleetWorker:
         except Exception as e:  # noqa: BLE001 - said by ready(), the run stops with it
             self.error = _one_line(e)
 
-    def ready(self) -> str:
-        """"" when the model is loaded, else why not."""
-        return self.error
+    def ready(self) -> dict[str, str]:
+        """{"error": "" when the model is loaded, else why not; "node": the
+        Ray node id of this worker}."""
+        return {"error": self.error, "node": _node_id()}
 
     def frames_read(self) -> int:
         return self.frames
@@ -178,7 +202,7 @@ class FleetWorker:
         self.frames += 1
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """One bag or chunk: {"ok": True, "report": ...} or {"ok": False, "reason": ...}."""
+        """One bag or chunk: {"ok": True, "node": ..., "report": ...} or {"ok": False, "reason": ...}."""
         opts = replace(self.base, input_bag=Path(job["input"]), out=Path(job["out"]),
                        overlays=Path(job["overlays"]) if job["overlays"] else None,
                        summary=Path(job["summary"]) if job["summary"] else None,
@@ -189,12 +213,20 @@ class FleetWorker:
             return {"ok": False, "reason": _one_line(e)}
         except Exception as e:  # noqa: BLE001 - one bag's failure, recorded; the run goes on
             return {"ok": False, "reason": f"{type(e).__name__}: {_one_line(e)}"}
-        return {"ok": True, "report": {
+        return {"ok": True, "node": _node_id(), "report": {
             "frames_in": report.frames_in, "frames_out": report.frames_out,
             "frames_bad": report.frames_bad, "frames_without_prompts": report.frames_without_prompts,
             "prompts_accepted": report.prompts_accepted,
             "prompts_rejected": report.prompts_rejected, "prompt_ids": report.prompt_ids,
             "seconds": report.seconds}}
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on (hex id, as ``ray status`` and
+    ``ray.nodes()`` name it)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _one_line(e: BaseException) -> str:
@@ -220,35 +252,57 @@ class _Bag:
     plan: bag_tool.BagPlan
     ranges: list[tuple[int, int | None]]
     results: list[dict[str, Any] | None] = field(default_factory=list)
+    dirs: list[Path | None] = field(default_factory=list)   # each chunk's finished part
+    nodes: list[str] = field(default_factory=list)          # each chunk's latest node
     failed: str = ""
     started: bool = False
+    attempts: int = 1               # 1 + its jobs whose worker was lost
+    lost: list[dict[str, Any]] = field(default_factory=list)
 
-    def part(self, k: int) -> Path:
-        return self.tmp / f"part{k:04d}"
+    def part(self, k: int, attempt: int) -> Path:
+        return self.tmp / f"part{k:04d}.{attempt}"
 
 
 @dataclass
 class _Job:
     bag: _Bag
     k: int                          # chunk index
+    attempt: int = 1                # the bag's attempt it belongs to
+    node: str = ""                  # where it runs (a Ray node id)
+
+    @property
+    def dir(self) -> Path:
+        """Its own part folder: a redone job never writes where a lost one did."""
+        return self.bag.part(self.k, self.attempt)
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None, temp_dir: Path | None = None) -> tuple[bool, Path | None]:
     """Ray: an instance already there (tests), the cluster at ``address``,
-    or a new local one; True when this call started it."""
+    or a new local one, its session folders in ``temp_dir`` (kept) or in a
+    temporary folder. Returns (whether this call connected, the temporary
+    folder to remove after ``ray.shutdown``)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return False, None
     # The workers' logs would break the progress bar: their failures come
     # back as results, and the manifest records them.
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "logging_level": logging.WARNING}
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", **kwargs)
-    return True
+        return True, None
+    own = None if temp_dir is not None else _own_temp_dir()
+    ray.init(address="local", _temp_dir=str((temp_dir or own).absolute()), **kwargs)
+    return True, own
+
+
+def _own_temp_dir() -> Path:
+    """A new folder for a local Ray's sessions, so that none is left in
+    /tmp/ray after the run (README, cass_fleet). Ray's sockets live in it
+    and a Unix socket path has at most 107 bytes: a long TMPDIR is passed by."""
+    base = tempfile.gettempdir()
+    return Path(tempfile.mkdtemp(prefix="cass_fleet_ray_", dir=base if len(base) <= 32 else "/tmp"))
 
 
 def _placement(fo: FleetOptions) -> tuple[int, float, float, int]:
@@ -275,7 +329,7 @@ def _placement(fo: FleetOptions) -> tuple[int, float, float, int]:
 
 
 class _Pool:
-    """The workers; a lost one is replaced."""
+    """The workers; a lost one is replaced, and gets work once it is ready."""
 
     def __init__(self, fo: FleetOptions, base: bag_tool.BagToolOptions) -> None:
         self.n, self.cpus, self.gpus, self.threads = _placement(fo)
@@ -283,6 +337,8 @@ class _Pool:
         self.cls = _worker_class().options(num_cpus=self.cpus, num_gpus=self.gpus,
                                            max_concurrency=2, max_restarts=0)
         self.actors = [self._new() for _ in range(self.n)]
+        self.node: list[str] = [""] * self.n   # "": not ready (starting, or given up)
+        self.starting: dict[Any, int] = {}     # a replacement's ready() ref -> its slot
         self.lost_frames = 0        # frames read by workers since lost
         self.flying: dict[Any, Any] = {}  # their jobs' result refs (the driver's)
 
@@ -292,28 +348,62 @@ class _Pool:
     def wait_ready(self) -> None:
         import ray
 
-        errors = ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT_S)
-        bad = [e for e in errors if e]
+        got = ray.get([a.ready.remote() for a in self.actors], timeout=READY_TIMEOUT_S)
+        bad = [g["error"] for g in got if g["error"]]
         if bad:
             raise ConfigError(f"the workers cannot load the model: {bad[0]}")
+        self.node = [g["node"] for g in got]
 
-    def replace(self, i: int) -> None:
+    def lost(self, i: int, last: list[int]) -> None:
+        """Worker ``i`` died: its frames kept for the progress, a new one started."""
         import ray
 
-        ray.kill(self.actors[i], no_restart=True)
+        self.lost_frames += last[i]
+        last[i] = 0
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(self.actors[i], no_restart=True)
         self.actors[i] = self._new()
+        self.node[i] = ""
+        self.starting[self.actors[i].ready.remote()] = i
+
+    def started(self, timeout: float) -> list[int]:
+        """The slots of replacements whose model is loaded now (waiting up to
+        ``timeout`` s for one); one that cannot load it is given up."""
+        import ray
+        from ray.exceptions import RayError
+
+        if not self.starting:
+            return []
+        ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting), timeout=timeout)
+        out = []
+        for ref in ready:
+            i = self.starting.pop(ref)
+            try:
+                got = ray.get(ref)
+            except RayError as e:
+                got = {"error": _one_line(e), "node": ""}
+            if got["error"]:
+                log.warning("a new worker could not start; the run goes on without it: %s",
+                            got["error"])
+                with contextlib.suppress(Exception):
+                    ray.kill(self.actors[i], no_restart=True)
+                continue
+            self.node[i] = got["node"]
+            out.append(i)
+        return out
 
     def frames(self, last: list[int]) -> int:
         import ray
         from ray.exceptions import GetTimeoutError, RayError
 
-        refs = [a.frames_read.remote() for a in self.actors]
+        live = [i for i in range(self.n) if self.node[i]]
         try:
-            got = ray.get(refs, timeout=5)
+            got = ray.get([self.actors[i].frames_read.remote() for i in live], timeout=5)
         except (GetTimeoutError, RayError):
-            return sum(last)
-        last[:] = got
-        return sum(got) + self.lost_frames
+            return sum(last) + self.lost_frames
+        for i, g in zip(live, got):
+            last[i] = g
+        return sum(last) + self.lost_frames
 
     def close(self) -> None:
         import ray
@@ -348,7 +438,7 @@ def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
         manifest.finish("finished")
         result.seconds = time.perf_counter() - started
         return result
-    started_ray = connect(fo.address)
+    started_ray, ray_tmp = connect(fo.address, fo.ray_temp_dir)
     pool = None
     try:
         pool = _Pool(fo, base)
@@ -365,6 +455,8 @@ def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
             import ray
 
             ray.shutdown()
+        if ray_tmp is not None:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
         _remove_tmp(tmp_root, settle=result.interrupted and pool is not None)
         result.seconds = time.perf_counter() - started
         manifest.finish("interrupted" if result.interrupted else "finished")
@@ -403,9 +495,11 @@ def _plan(fo: FleetOptions, base: bag_tool.BagToolOptions, manifest: Manifest,
             recovered_messages=plan.message_count if truncated else None,
             recovered_frames=plan.frames if truncated else None,
             topics=[{"topic": t, "camera": c, "type": plan.msgtypes[t]}
-                    for t, c in plan.cameras.items()], chunks=len(ranges))
+                    for t, c in plan.cameras.items()], chunks=len(ranges),
+            attempts=0, nodes=[], lost=[])
         manifest.entry(bag).pop("reason", None)
-        bags.append(_Bag(bag, tmp, plan, ranges, [None] * len(ranges)))
+        n = len(ranges)
+        bags.append(_Bag(bag, tmp, plan, ranges, [None] * n, [None] * n, [""] * n))
     manifest.save()
     return bags
 
@@ -413,20 +507,35 @@ def _plan(fo: FleetOptions, base: bag_tool.BagToolOptions, manifest: Manifest,
 def _empty_fields() -> dict[str, Any]:
     return {"truncated": False, "recovered_messages": None, "recovered_frames": None,
             "frames": 0, "frames_in": 0, "seconds": 0.0, "frames_per_second": None,
-            "topics": [], "prompt_ids": [], "chunks": 0}
+            "topics": [], "prompt_ids": [], "chunks": 0, "attempts": 0, "nodes": [], "lost": []}
 
 
 def _job_spec(fo: FleetOptions, job: _Job) -> dict[str, Any]:
-    part = job.bag.part(job.k)
+    part = job.dir
     return {"input": str(job.bag.bag.path), "out": str(part / "bag"),
             "overlays": str(part / "overlays") if fo.overlays else None,
             "summary": str(part / f"summary.{fo.summary}") if fo.summary else None,
             "range": None if len(job.bag.ranges) == 1 else job.bag.ranges[job.k]}
 
 
+def _nodes(b: _Bag) -> list[str]:
+    """The nodes its chunks ran (or run) on, each once, in chunk order."""
+    return list(dict.fromkeys(n for n in b.nodes if n))
+
+
+def _dispatch(fo: FleetOptions, manifest: Manifest, pool: _Pool, i: int, job: _Job) -> None:
+    """``job`` to worker ``i``; the manifest says the bag runs, where, which attempt."""
+    b = job.bag
+    job.node = b.nodes[job.k] = pool.node[i]
+    b.started = True
+    manifest.set_status(b.bag, "running", attempts=b.attempts, nodes=_nodes(b))
+    pool.flying[pool.actors[i].run.remote(_job_spec(fo, job))] = (i, job)
+
+
 def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], total: int,
            result: FleetResult) -> None:
-    """Hand out jobs as workers come free; record each bag as it ends."""
+    """Hand out jobs as workers come free; record each bag as it ends; a
+    job whose worker was lost goes back in the queue (``_lost``)."""
     import ray
     from ray.exceptions import RayActorError, RayError
 
@@ -437,8 +546,9 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
     last = [0] * pool.n
     ended = 0
     came: list[tuple[_Job, dict[str, Any]]] = []
-    shown = time.monotonic()
+    shown = waiting = time.monotonic()
     while queue or flying or came:
+        idle += pool.started(0)
         # New work goes out before the results are recorded (joining,
         # renaming, the manifest): a worker never waits for the driver.
         while queue and idle:
@@ -446,29 +556,33 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
             if job.bag.failed:
                 idle.insert(0, i)
                 continue
-            if not job.bag.started:
-                job.bag.started = True
-                manifest.set_status(job.bag.bag, "running")
-            flying[pool.actors[i].run.remote(_job_spec(fo, job))] = (i, job)
+            _dispatch(fo, manifest, pool, i, job)
         for job, got in came:
-            if _record(fo, manifest, job, got, result):
+            if _record(fo, manifest, job, got, result, queue):
                 ended += 1
         came = []
         if fo.stop_after is not None and ended >= fo.stop_after and (queue or flying):
             raise KeyboardInterrupt  # the test hook: as Ctrl-C at this point
         if not flying:
+            if queue and not idle:   # every worker lost: wait for a replacement
+                idle += pool.started(POLL_S)
+                if not idle and (not pool.starting
+                                 or time.monotonic() - waiting > READY_TIMEOUT_S):
+                    ended += _no_workers_left(manifest, queue, result)
             continue
+        waiting = time.monotonic()
         ready, _ = ray.wait(list(flying), num_returns=1, timeout=POLL_S)
         for ref in ready:
             i, job = flying.pop(ref)
             try:
                 got = ray.get(ref)
+            except RayActorError as e:   # its process or its node died
+                pool.lost(i, last)        # slot i gets work again once replaced
+                came.append((job, {"ok": False, "lost": True,
+                                   "reason": f"worker lost: {_one_line(e)}"}))
+                continue
             except RayError as e:
-                got = {"ok": False, "reason": f"worker lost: {_one_line(e)}"}
-                if isinstance(e, RayActorError):
-                    pool.lost_frames += last[i]
-                    last[i] = 0
-                    pool.replace(i)
+                got = {"ok": False, "reason": f"{type(e).__name__}: {_one_line(e)}"}
             idle.append(i)
             came.append((job, got))
         if fo.progress and time.monotonic() - shown >= POLL_S:
@@ -478,15 +592,34 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
         fo.progress(pool.frames(last), total, ended, len(bags))
 
 
+def _no_workers_left(manifest: Manifest, queue: list[_Job], result: FleetResult) -> int:
+    """No worker alive and none coming: the bags left fail (the next run,
+    or --retry-failed, does them). Returns the bags ended."""
+    ended = 0
+    reason = "no worker left: every one was lost and none could be started again"
+    log.warning("%s; %d job(s) not run", reason, len(queue))
+    for job in reversed(queue):
+        if not job.bag.failed:
+            _fail(manifest, job.bag, reason, result)
+            ended += 1
+    queue.clear()
+    return ended
+
+
 def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any],
-            result: FleetResult) -> bool:
+            result: FleetResult, queue: list[_Job]) -> bool:
     """A job's result; True when its bag has ended (done or failed)."""
     b = job.bag
     if b.failed:
+        shutil.rmtree(job.dir, ignore_errors=True)
         return False                  # already recorded
+    if got.get("lost"):
+        return _lost(fo, manifest, job, got["reason"], result, queue)
     if not got["ok"]:
         return _fail(manifest, b, got["reason"], result)
     b.results[job.k] = got["report"]
+    b.dirs[job.k] = job.dir
+    b.nodes[job.k] = got["node"]
     if any(r is None for r in b.results):
         return False
     if not any(r["frames_out"] for r in b.results if r is not None):
@@ -506,10 +639,30 @@ def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any]
     manifest.set_status(
         b.bag, "done", frames=frames, frames_in=sum(r["frames_in"] for r in reports),
         seconds=round(seconds, 3), frames_per_second=round(frames / seconds, 3) if seconds else None,
-        prompt_ids=sorted({i for r in reports for i in r["prompt_ids"]}), counts=counts)
+        prompt_ids=sorted({i for r in reports for i in r["prompt_ids"]}), counts=counts,
+        attempts=b.attempts, nodes=_nodes(b))
     result.done += 1
     result.frames += frames
     return True
+
+
+def _lost(fo: FleetOptions, manifest: Manifest, job: _Job, reason: str, result: FleetResult,
+          queue: list[_Job]) -> bool:
+    """A job whose worker died: what it half wrote removed, the job run
+    again from its start (next, on the first worker free), unless its bag
+    has had ``--max-attempts`` attempts: then it fails. True when it ended."""
+    b = job.bag
+    shutil.rmtree(job.dir, ignore_errors=True)
+    b.lost.append({"node": job.node, "chunk": job.k, "reason": reason})
+    if b.attempts >= fo.max_attempts:
+        return _fail(manifest, b, f"{reason} (worker lost on each of its {b.attempts} "
+                     "attempt(s), --max-attempts)", result)
+    b.attempts += 1
+    log.warning("%s: %s; running it again (attempt %d of at most %d)", b.bag.output, reason,
+                b.attempts, fo.max_attempts)
+    queue.append(_Job(b, job.k, b.attempts))
+    manifest.set_status(b.bag, "running", attempts=b.attempts, lost=b.lost)
+    return False
 
 
 def _nothing_segmented(results: list[dict[str, Any] | None]) -> str:
@@ -523,15 +676,16 @@ def _fail(manifest: Manifest, b: _Bag, reason: str, result: FleetResult) -> bool
     """A bag that ran but failed as a whole: recorded "failed", its parts removed."""
     b.failed = reason
     manifest.set_status(b.bag, "failed", reason=reason, frames=0, seconds=0.0,
-                        frames_per_second=None, prompt_ids=[])
+                        frames_per_second=None, prompt_ids=[], attempts=b.attempts,
+                        nodes=_nodes(b), lost=b.lost)
     shutil.rmtree(b.tmp, ignore_errors=True)
     result.failed += 1
     return True
 
 
 def _finish_bag(fo: FleetOptions, b: _Bag) -> None:
-    """The parts as one output folder, renamed into DIR/<output>/."""
-    parts = [b.part(k) for k in range(len(b.ranges))]
+    """The finished parts as one output folder, renamed into DIR/<output>/."""
+    parts = [d for d in b.dirs if d is not None]
     final = b.tmp / "out"
     if len(parts) == 1:
         os.replace(parts[0] / "bag", final)

@@ -1,14 +1,17 @@
 """cass_fleet's inputs, arguments and manifest rules without running a
 model (docs/ros-interface.md, cass_fleet), and one real Ctrl-C: a
-subprocess with its own local Ray stopped by SIGINT mid-run, then resumed."""
+subprocess with its own local Ray stopped by SIGINT mid-run, then resumed,
+leaving no Ray session folder behind."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,6 +76,8 @@ def test_unusable_inputs_exit_2(tmp_path, capsys, monkeypatch, args, words):
 @pytest.mark.parametrize("flags, words", [
     (["--batch", "0"], "--batch must be >= 1"),
     (["--workers", "0"], "--workers must be >= 1"),
+    (["--max-attempts", "0"], "--max-attempts must be >= 1"),
+    (["--ray-temp-dir", "/tmp/x", "--address", "auto"], "--ray-temp-dir is for the local Ray"),
     (["--set", "no_such_parameter=1"], "unknown parameter(s) no_such_parameter"),
 ])
 def test_bad_settings_exit_2_before_ray(tmp_path, capsys, flags, words):
@@ -144,7 +149,10 @@ def test_sigint_leaves_a_manifest_to_resume_from(tmp_path, sample_bag_module, ba
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "cass_ros.cli.fleet", str(tmp_path / "in"), "--out", str(out),
            "--params-file", str(bag_params_file), "--no-progress"]
-    env = dict(os.environ, RAY_ADDRESS="")
+    # TMPDIR: where the run's own local Ray keeps its session folders, and
+    # removes them (a short path: Ray's Unix sockets live there)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="cf", dir="/tmp"))
+    env = dict(os.environ, RAY_ADDRESS="", TMPDIR=str(ray_tmp))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     try:
@@ -176,3 +184,5 @@ def test_sigint_leaves_a_manifest_to_resume_from(tmp_path, sample_bag_module, ba
     assert doc["state"] == "finished"
     assert {b["status"] for b in doc["bags"]} == {"done"}
     assert all(b["frames"] == 3 for b in doc["bags"])
+    assert not list(ray_tmp.glob("cass_fleet_ray_*")), list(ray_tmp.iterdir())
+    shutil.rmtree(ray_tmp, ignore_errors=True)

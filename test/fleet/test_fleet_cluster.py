@@ -1,0 +1,170 @@
+"""cass_fleet on a real multi-node Ray cluster on this machine
+(``ray.cluster_utils.Cluster``: a head without CPUs and two worker nodes of
+one CPU each; docs/ros-interface.md, cass_fleet; README, "cass_fleet",
+Cluster), driven through the command line with ``--address``:
+
+- the work lands on both worker nodes (the manifest's ``nodes``) and the
+  outputs equal cass_bag's (the agreement rule: other processes);
+- a bag that kills its worker process each time (fleet_crash_hook) is
+  tried ``--max-attempts`` times, then recorded failed, the others done;
+- a worker node removed (killed, not drained) while it segments a bag: the
+  run ends on the node left, the bag redone from its start (``attempts``
+  2, ``lost`` naming the node), exit 0, its output equal to cass_bag's.
+
+One cluster for the module (it takes ~10 s to start); the last test
+removes a node, so it runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fleet_crash_hook import CRASH_PREFIX
+from fleet_helpers import assert_same_bag
+
+import cass_ros
+from cass_ros.bag import tool as bag_tool
+from cass_ros.cli import fleet as fleet_cli
+
+pytest.importorskip("ray")
+
+STORE = 80 * 1024 * 1024          # object store per node: the jobs pass no frames through it
+# A node whose raylet is gone is declared dead after ~1 s, not Ray's default ~30 s.
+FAST_HEALTH_CHECK = {"health_check_period_ms": 250, "health_check_failure_threshold": 4,
+                     "health_check_initial_delay_ms": 0}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    assert not ray.is_initialized()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": STORE,
+        "_system_config": FAST_HEALTH_CHECK})
+    workers = [c.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, workers
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory, sample_bag_module):
+    return tmp_path_factory.mktemp("cluster"), sample_bag_module
+
+
+def _bags(sample, names: dict[str, int]) -> Path:
+    base, module = sample
+    root = base / f"in_{len(list(base.iterdir()))}"
+    for name, frames in names.items():
+        module.write_sample_bag(root / name, frames=frames)
+    return root
+
+
+def _fleet(root: Path, out: Path, params: Path, address: str, *more: str) -> int:
+    return fleet_cli.main([str(root), "--out", str(out), "--params-file", str(params),
+                           "--address", address, "--workers", "2", "--no-progress", *more])
+
+
+def _manifest(out: Path) -> dict[str, dict]:
+    return {b["output"]: b for b in json.loads((out / "fleet.json").read_text())["bags"]}
+
+
+def _assert_like_cass_bag(root: Path, out: Path, name: str, params: Path, tmp: Path) -> None:
+    ref = tmp / "ref" / name
+    bag_tool.run(bag_tool.BagToolOptions(input_bag=root / name, out=ref, params_file=params,
+                                         progress=False))
+    assert assert_same_bag(out / name, ref) > 0, name
+
+
+def test_work_lands_on_both_nodes_and_equals_cass_bag(cluster, sample, bag_params_file,
+                                                      tmp_path):
+    c, workers = cluster
+    root = _bags(sample, {"a": 2, "b": 2, "c": 2, "d": 2})
+    out = tmp_path / "out"
+    assert _fleet(root, out, bag_params_file, c.address) == 0
+    bags = _manifest(out)
+    assert sorted(bags) == ["a", "b", "c", "d"]
+    for b in bags.values():
+        assert b["status"] == "done" and b["attempts"] == 1 and b["lost"] == [], b
+        assert len(b["nodes"]) == 1
+    assert {b["nodes"][0] for b in bags.values()} == {w.node_id for w in workers}
+    for name in bags:
+        _assert_like_cass_bag(root, out, name, bag_params_file, tmp_path)
+    assert not (out / ".fleet_tmp").exists()
+
+
+def test_a_bag_that_kills_its_worker_fails_after_max_attempts(cluster, sample, bag_params_file,
+                                                               tmp_path, monkeypatch):
+    c, workers = cluster
+    # the hook's folder, and this tree's cass_ros before an installed one
+    code = Path(cass_ros.__file__).parents[1]
+    path = f"{Path(__file__).parent}:{code}:{os.environ.get('PYTHONPATH', '')}"
+    env = {"runtime_env": {"worker_process_setup_hook": "fleet_crash_hook.install",
+                           "env_vars": {"PYTHONPATH": path}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(env))
+    crash = f"{CRASH_PREFIX}_x"
+    root = _bags(sample, {"good1": 2, crash: 3, "good2": 2})
+    out = tmp_path / "out"
+    assert _fleet(root, out, bag_params_file, c.address, "--max-attempts", "2") == 1
+    bags = _manifest(out)
+    bad = bags[crash]
+    assert bad["status"] == "failed" and bad["attempts"] == 2 and len(bad["lost"]) == 2, bad
+    assert "worker lost" in bad["reason"] and "2 attempt" in bad["reason"], bad["reason"]
+    assert {lost["node"] for lost in bad["lost"]} <= {w.node_id for w in workers}
+    assert not (out / crash).exists()
+    for name in ("good1", "good2"):
+        assert bags[name]["status"] == "done" and bags[name]["attempts"] == 1, bags[name]
+        assert (out / name / "metadata.yaml").is_file()
+    assert not (out / ".fleet_tmp").exists()
+
+
+def _remove_the_node_of_a_running_bag(c, workers, out: Path, got: dict) -> None:
+    """Watches the manifest; once a bag has run a moment on a worker node,
+    kills that node (no drain: its raylet and workers die)."""
+    by_id = {w.node_id: w for w in workers}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            bags = _manifest(out)
+        except (OSError, ValueError):
+            bags = {}
+        running = [b for b in bags.values() if b["status"] == "running" and b.get("nodes")]
+        if running:
+            time.sleep(0.3)             # a few frames into it (of ~3 s)
+            got["bag"], got["node"] = running[0]["output"], running[0]["nodes"][0]
+            c.remove_node(by_id[got["node"]], allow_graceful=False)
+            return
+        time.sleep(0.05)
+
+
+def test_a_node_lost_mid_bag_is_redone_on_the_node_left(cluster, sample, bag_params_file,
+                                                        tmp_path):
+    c, workers = cluster
+    root = _bags(sample, {"p": 30, "q": 30, "r": 4})
+    out = tmp_path / "out"
+    got: dict = {}
+    watcher = threading.Thread(target=_remove_the_node_of_a_running_bag,
+                               args=(c, workers, out, got), daemon=True)
+    watcher.start()
+    assert _fleet(root, out, bag_params_file, c.address) == 0
+    watcher.join(timeout=5)
+    assert got, "no bag was seen running"
+    bags = _manifest(out)
+    assert all(b["status"] == "done" for b in bags.values()), bags
+    lost = bags[got["bag"]]
+    assert lost["attempts"] == 2 and [x["node"] for x in lost["lost"]] == [got["node"]], \
+        (got, bags)
+    (left,) = {w.node_id for w in workers} - {got["node"]}
+    assert lost["nodes"] == [left]
+    assert "worker lost" in lost["lost"][0]["reason"]
+    _assert_like_cass_bag(root, out, got["bag"], bag_params_file, tmp_path)
+    assert not (out / ".fleet_tmp").exists()
