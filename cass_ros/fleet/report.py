@@ -1,6 +1,7 @@
 """``cass_fleet --report``: DIR/report.html, one page to open in a browser.
 
-The page shows the run's settings and totals, a table of the bags, and per
+The page shows the run's settings (a table: each parameter and output flag,
+its value, its default and whether it differs) and totals, a table of the bags, and per
 done bag and camera a presence timeline (matplotlib), the rates and a few
 overlay thumbnails at the moments classes first appear. Everything it links
 lies in DIR (the plots and thumbnails in DIR/report_files/), by relative
@@ -28,6 +29,8 @@ import numpy as np
 
 from ..bag import io as bag_io
 from ..core.visualize import overlay, palette
+from ..ros import params as node_params
+from .manifest import OUTPUT_DEFAULTS
 
 FILES = "report_files"   # the plots and thumbnails, next to report.html
 THUMB_WIDTH = 240        # thumbnail width in pixels
@@ -41,7 +44,8 @@ section{border-top:2px solid #888;margin-top:1.5em}.failed{color:#b00}
 .thumbs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:240px;font-size:85%}
 .sw{display:inline-block;width:.9em;height:.9em;border:1px solid #444;margin-right:4px;
 vertical-align:middle}ul.legend{list-style:none;padding:0;margin:2px 0}
-img.timeline{max-width:100%}li.absent{color:#999}code{font-size:90%}"""
+img.timeline{max-width:100%}li.absent{color:#999}code{font-size:90%}
+tr.changed td,tr.changed th{background:#fff3c4}"""
 
 
 @dataclass
@@ -236,13 +240,55 @@ def _legend_item(name: str, rgb: np.ndarray, present: bool, new: bool) -> str:
     return f"<li>{_swatch(rgb)}{text}</li>"
 
 
+def _json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _default_of(section: str, name: str) -> tuple[bool, Any]:
+    """(whether it has a default, the default as JSON holds it) of a
+    fingerprint entry: a node parameter's (cass_ros.ros.params) or an
+    output flag's (manifest.OUTPUT_DEFAULTS)."""
+    if section == "parameters" and name in node_params.SPECS:
+        default = node_params.SPECS[name].default
+    elif section == "outputs" and name in OUTPUT_DEFAULTS:
+        default = OUTPUT_DEFAULTS[name]
+    else:
+        return False, None
+    return True, json.loads(json.dumps(default, default=str))
+
+
+def settings_rows(fingerprint: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The fingerprint as rows (name, value, default, differs): each node
+    parameter and output flag by name, with its default and "yes" / "no"
+    for whether the run changed it; other entries (the version, the
+    weights' identity) with "" for both."""
+    rows = []
+    for key, value in fingerprint.items():
+        if key in ("parameters", "outputs") and isinstance(value, dict):
+            for name, v in value.items():
+                known, default = _default_of(key, name)
+                label = name if key == "parameters" else f"{key}.{name}"
+                rows.append((label, _json(v), _json(default) if known else "",
+                             ("yes" if v != default else "no") if known else ""))
+        elif key == "weights" and isinstance(value, dict):
+            rows += [(f"weights.{k}", _json(v), "", "") for k, v in value.items()]
+        else:
+            rows.append((key, _json(value), "", ""))
+    return rows
+
+
 def _settings_html(manifest: dict[str, Any]) -> str:
-    rows = [(k, v if isinstance(v, str) else json.dumps(v))
-            for k, v in (manifest.get("fingerprint") or {}).items()]
-    rows += [(k, manifest.get(k)) for k in ("settings_hash", "started", "finished", "state")
-             if k in manifest or k != "state"]   # state: the run's, when the manifest has it
-    return ('<h2>Settings</h2><table class="settings">' + "".join(
-        f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in rows) + "</table>")
+    """The settings table (settings_rows; the changed ones marked), then the run's."""
+    cells = "".join(
+        f'<tr{" class=changed" if d == "yes" else ""}><th>{_e(n)}</th><td><code>{_e(v)}</code>'
+        f"</td><td><code>{_e(dv)}</code></td><td>{d}</td></tr>"
+        for n, v, dv, d in settings_rows(manifest.get("fingerprint") or {}))
+    run = [(k, manifest.get(k)) for k in ("settings_hash", "started", "finished", "state")
+           if k in manifest or k != "state"]   # state: the run's, when the manifest has it
+    return ('<h2>Settings</h2><table class="settings"><tr><th>setting</th><th>value</th>'
+            "<th>default</th><th>differs from the default</th></tr>" + cells
+            + "".join(f'<tr><th>{_e(k)}</th><td colspan="3"><code>{_e(v)}</code></td></tr>'
+                      for k, v in run) + "</table>")
 
 
 def _totals_html(bags: list[dict[str, Any]]) -> str:

@@ -7,11 +7,13 @@ independently. Tiny random models."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from html import unescape
 from urllib.parse import unquote, urlsplit
 
 import cv2
@@ -251,3 +253,35 @@ def test_a_sparse_manifest_and_an_unreadable_output_bag_still_give_a_page(tmp_pa
     assert "Cannot read the output bag" in text and "running" in text
     assert [a["id"] for t, a, _ in page.tags if t == "section"] == ["bag0"]
     assert not list((tmp_path / report.FILES).iterdir())
+
+
+def test_the_settings_table_names_each_setting_its_default_and_whether_it_differs(tmp_path):
+    """A fingerprint as cass_fleet writes it: one row per parameter and
+    output flag (name, value, default, differs), the changed ones marked;
+    the weights and the version without a default."""
+    from cass_ros.ros.params import SPECS
+
+    fp = {"cass_ros": "9.9", "parameters": {"min_pixels": 5,
+                                            "short_side": SPECS["short_side"].default,
+                                            "prompts": ["car", "tree"]},
+          "weights": {"clip": {"path": "/w/clip.pt", "bytes": 3}, "dino": "hub:name"},
+          "outputs": {"storage": "mcap", "color": False, "summary": None}}
+    page = _parse(report.write_report(tmp_path, {"fingerprint": fp, "bags": []}))
+    html_text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    table = html_text[html_text.index('<table class="settings">'):]
+    table = table[:table.index("</table>")]
+    rows = {}
+    for changed, tr in re.findall(r"<tr( class=changed)?>(.*?)</tr>", table)[1:]:  # no header
+        cells = [unescape(re.sub(r"</?code>", "", c))
+                 for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr)]
+        rows[cells[0]] = (cells[1:], bool(changed))
+    assert rows["min_pixels"] == (["5", str(SPECS["min_pixels"].default), "yes"], True)
+    assert rows["short_side"] == ([str(SPECS["short_side"].default)] * 2 + ["no"], False)
+    assert rows["prompts"][0] == ['["car", "tree"]', "[]", "yes"]
+    assert rows["outputs.color"] == (["false", "true", "yes"], True)
+    assert rows["outputs.storage"] == (["mcap", "mcap", "no"], False)
+    assert rows["outputs.summary"] == (["null", "null", "no"], False)
+    assert rows["weights.dino"] == (["hub:name", "", ""], False)
+    assert rows["cass_ros"] == (["9.9", "", ""], False)
+    assert "settings_hash" in rows
+    assert "differs from the default" in "".join(page.text)
