@@ -9,7 +9,9 @@ the tests make one: Ray runs this hook in each worker process at its start
 given to the driver's ``ray.init`` by ``RAY_JOB_CONFIG_JSON_ENV_VAR``, the
 variable ``ray job submit`` uses), and it makes ``cass_bag``'s run end the
 process with ``os._exit`` after the first frame of any bag whose folder
-name starts with ``CRASH_PREFIX``: a partial output is on disk, and no
+name starts with ``CRASH_PREFIX``, and of the chunks after the first of a
+bag named ``ONCE_PREFIX...`` the first time each is run (remembered by a
+file in ``$CASS_FLEET_TEST_MARKERS``): a partial output is on disk, and no
 Python error is raised. The product code is not touched; the model runs
 as it does on every other bag.
 """
@@ -18,9 +20,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
-CRASH_PREFIX = "crashes_worker"
+CRASH_PREFIX = "crashes_worker"   # every time
+ONCE_PREFIX = "crashes_once"      # the first time a chunk after the first is run
+MARKERS = "CASS_FLEET_TEST_MARKERS"  # the folder where "once" is remembered
+
+
+def _crashes(opts: Any) -> bool:
+    """Whether this run of ``cass_bag`` ends its process."""
+    name = opts.input_bag.name
+    if name.startswith(CRASH_PREFIX):
+        return True
+    if not name.startswith(ONCE_PREFIX) or not opts.frame_range or not opts.frame_range[0]:
+        return False
+    marker = Path(os.environ[MARKERS]) / f"{name}.{opts.frame_range[0]}"
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    return True
 
 
 def install() -> None:
@@ -30,7 +50,7 @@ def install() -> None:
     real = tool.run
 
     def run(opts: Any, segmenter: Any = None) -> Any:
-        if opts.input_bag.name.startswith(CRASH_PREFIX):
+        if _crashes(opts):
             seen = [0]
             tick = opts.on_frame
 

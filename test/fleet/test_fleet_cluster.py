@@ -7,6 +7,8 @@ Cluster), driven through the command line with ``--address``:
   outputs equal cass_bag's (the agreement rule: other processes);
 - a bag that kills its worker process each time (fleet_crash_hook) is
   tried ``--max-attempts`` times, then recorded failed, the others done;
+  a chunk that kills its worker once is redone alone, the bag joined
+  equal to cass_bag's;
 - a worker node removed (killed, not drained) while it segments a bag: the
   run ends on the node left, the bag redone from its start (``attempts``
   2, ``lost`` naming the node), exit 0, its output equal to cass_bag's.
@@ -24,8 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fleet_crash_hook import CRASH_PREFIX
-from fleet_helpers import assert_same_bag
+from fleet_crash_hook import CRASH_PREFIX, MARKERS, ONCE_PREFIX
+from fleet_helpers import assert_same_bag, bag_order
 
 import cass_ros
 from cass_ros.bag import tool as bag_tool
@@ -78,11 +80,13 @@ def _manifest(out: Path) -> dict[str, dict]:
     return {b["output"]: b for b in json.loads((out / "fleet.json").read_text())["bags"]}
 
 
-def _assert_like_cass_bag(root: Path, out: Path, name: str, params: Path, tmp: Path) -> None:
+def _assert_like_cass_bag(root: Path, out: Path, name: str, params: Path, tmp: Path) -> Path:
+    """DIR/<name> equals cass_bag's output of the same bag; returns that one."""
     ref = tmp / "ref" / name
     bag_tool.run(bag_tool.BagToolOptions(input_bag=root / name, out=ref, params_file=params,
                                          progress=False))
     assert assert_same_bag(out / name, ref) > 0, name
+    return ref
 
 
 def test_work_lands_on_both_nodes_and_equals_cass_bag(cluster, sample, bag_params_file,
@@ -102,25 +106,39 @@ def test_work_lands_on_both_nodes_and_equals_cass_bag(cluster, sample, bag_param
     assert not (out / ".fleet_tmp").exists()
 
 
-def test_a_bag_that_kills_its_worker_fails_after_max_attempts(cluster, sample, bag_params_file,
-                                                               tmp_path, monkeypatch):
+def test_a_lost_chunk_is_redone_and_a_bag_that_kills_its_worker_fails(
+        cluster, sample, bag_params_file, tmp_path, monkeypatch):
+    """One run, --chunk-frames 3 --max-attempts 2: a bag that kills its
+    worker each time fails after two attempts; the second chunk of another
+    kills its worker once, is redone alone (its first chunk kept) and the
+    joined bag equals cass_bag's; the bags beside them are done at once."""
     c, workers = cluster
     # the hook's folder, and this tree's cass_ros before an installed one
     code = Path(cass_ros.__file__).parents[1]
     path = f"{Path(__file__).parent}:{code}:{os.environ.get('PYTHONPATH', '')}"
+    (tmp_path / "markers").mkdir()
     env = {"runtime_env": {"worker_process_setup_hook": "fleet_crash_hook.install",
-                           "env_vars": {"PYTHONPATH": path}}}
+                           "env_vars": {"PYTHONPATH": path,
+                                        MARKERS: str(tmp_path / "markers")}}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(env))
-    crash = f"{CRASH_PREFIX}_x"
-    root = _bags(sample, {"good1": 2, crash: 3, "good2": 2})
+    crash, once = f"{CRASH_PREFIX}_x", f"{ONCE_PREFIX}_y"
+    root = _bags(sample, {"good1": 2, crash: 3, once: 6, "good2": 2})
     out = tmp_path / "out"
-    assert _fleet(root, out, bag_params_file, c.address, "--max-attempts", "2") == 1
+    assert _fleet(root, out, bag_params_file, c.address, "--max-attempts", "2",
+                  "--chunk-frames", "3") == 1
     bags = _manifest(out)
     bad = bags[crash]
     assert bad["status"] == "failed" and bad["attempts"] == 2 and len(bad["lost"]) == 2, bad
     assert "worker lost" in bad["reason"] and "2 attempt" in bad["reason"], bad["reason"]
     assert {lost["node"] for lost in bad["lost"]} <= {w.node_id for w in workers}
     assert not (out / crash).exists()
+    redone = bags[once]
+    assert redone["status"] == "done" and redone["chunks"] == 2, redone
+    assert redone["attempts"] == 2 and [x["chunk"] for x in redone["lost"]] == [1], redone
+    assert redone["frames"] == 6
+    assert [p.name for p in (tmp_path / "markers").iterdir()] == [f"{once}.3"]
+    ref = _assert_like_cass_bag(root, out, once, bag_params_file, tmp_path)
+    assert bag_order(out / once) == bag_order(ref)
     for name in ("good1", "good2"):
         assert bags[name]["status"] == "done" and bags[name]["attempts"] == 1, bags[name]
         assert (out / name / "metadata.yaml").is_file()
