@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,16 @@ from cass_ros.bag import io as bag_io
 RAW = "/camera/image_raw"
 
 
-def start_ray() -> None:
-    """A local Ray of two CPUs, as the tests' machine has (README: cass_fleet)."""
+def start_ray() -> Path:
+    """A local Ray of two CPUs, as the tests' machine has (README: cass_fleet),
+    its session folders in a new temporary folder (not /tmp/ray): returned,
+    for the caller to remove after ``ray.shutdown()``."""
     import ray
 
+    temp = Path(tempfile.mkdtemp(prefix="cf_ray_", dir="/tmp"))  # short: Ray's sockets
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=100 * 1024 * 1024, logging_level="ERROR")
+             object_store_memory=100 * 1024 * 1024, logging_level="ERROR", _temp_dir=str(temp))
+    return temp
 
 
 def sample_frames(source: Path) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:

@@ -28,9 +28,10 @@ pytest.importorskip("ray")
 def ray_local():
     import ray
 
-    start_ray()
+    temp = start_ray()
     yield
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
