@@ -8,8 +8,8 @@ docs/ros-interface.md, cass_fleet; README, "cass_fleet").
 
 Exit codes: 0 every bag done; 1 some failed (the manifest, DIR/fleet.json,
 says why); 2 bad arguments, settings, inputs or a DIR of other settings (one
-line on stderr, ``cass_fleet: error: ...``); 130 interrupted (the manifest
-lets the next run resume).
+line on stderr, ``cass_fleet: error: ...``); 130 interrupted, by Ctrl-C or
+SIGTERM (the manifest lets the next run resume).
 
 Ray (cass_ros.fleet.runner) is imported only once the arguments, the
 settings and DIR have been checked, so all of those answer at once.

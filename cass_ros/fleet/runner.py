@@ -49,7 +49,7 @@ Design:
   (``max_restarts``) are not used: a restarted actor would come back on
   the same placement, its queued calls waiting on a node that may never
   return, and the driver has to decide what to redo anyway.
-- Ctrl-C (KeyboardInterrupt)
+- Ctrl-C (KeyboardInterrupt), and SIGTERM made one,
   stops the workers, leaves the running bags "running" (not done: the next
   run does them again) and the manifest "interrupted".
 """
@@ -60,7 +60,9 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -439,6 +441,7 @@ def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
         result.seconds = time.perf_counter() - started
         return result
     started_ray, ray_tmp = connect(fo.address, fo.ray_temp_dir)
+    restore = _sigterm_interrupts()   # after ray.init, which sets its own handler
     pool = None
     try:
         pool = _Pool(fo, base)
@@ -460,7 +463,24 @@ def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
         _remove_tmp(tmp_root, settle=result.interrupted and pool is not None)
         result.seconds = time.perf_counter() - started
         manifest.finish("interrupted" if result.interrupted else "finished")
+        restore()
     return result
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """SIGTERM (a scheduler, ``kill``) stops the run as Ctrl-C does: the
+    manifest "interrupted", the running bags left to the next run. Ray's
+    driver handler (``sys.exit``) would skip that and leave the manifest
+    saying "finished". Returns what puts the previous handler back; in a
+    thread other than the main one nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _remove_tmp(tmp_root: Path, settle: bool) -> None:

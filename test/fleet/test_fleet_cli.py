@@ -136,13 +136,16 @@ def test_manifest_writes_are_atomic(tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["fleet.json"]  # no temp left
 
 
-# ---------------------------------------------------------------- a real Ctrl-C
+# ---------------------------------------------------------------- a real Ctrl-C or SIGTERM
 
 
-def test_sigint_leaves_a_manifest_to_resume_from(tmp_path, sample_bag_module, bag_params_file):
-    """cass_fleet in a subprocess (its own local Ray), SIGINT once a bag is
-    running: exit 130, the manifest "interrupted", nothing done that is
-    not; the same command then finishes every bag."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_leaves_a_manifest_to_resume_from(tmp_path, sample_bag_module, bag_params_file,
+                                                   signum):
+    """cass_fleet in a subprocess (its own local Ray), SIGINT (Ctrl-C) or
+    SIGTERM (a scheduler, kill) once a bag is done: exit 130, the manifest
+    "interrupted", nothing done that is not; the same command then
+    finishes every bag."""
     pytest.importorskip("ray")
     for name in ("a", "b", "c"):
         sample_bag_module.write_sample_bag(tmp_path / "in" / name, frames=3)
@@ -166,7 +169,7 @@ def test_sigint_leaves_a_manifest_to_resume_from(tmp_path, sample_bag_module, ba
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
