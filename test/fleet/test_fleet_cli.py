@@ -139,7 +139,7 @@ def test_manifest_writes_are_atomic(tmp_path):
 # ---------------------------------------------------------------- a real Ctrl-C or SIGTERM
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_leaves_a_manifest_to_resume_from(tmp_path, sample_bag_module, bag_params_file,
                                                    signum):
     """cass_fleet in a subprocess (its own local Ray), SIGINT (Ctrl-C) or
