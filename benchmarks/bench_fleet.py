@@ -33,7 +33,6 @@ few frames are enough.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -42,8 +41,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("cass_ros") is None:
-    sys.path.insert(0, str(REPO))
+# This tree's cass_ros, before an installed copy (install/, on PYTHONPATH once
+# install/setup.bash is sourced), here and in the Ray workers (main): driver
+# and workers must run the same code (a stale install/ would not understand
+# the workers' answers).
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import yaml  # noqa: E402
@@ -134,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         # The fleet first, then the reference: each worker is a fresh process,
         # and so is this one for its first model (no warm-up favours either).
         fleet_rows = []
+        # the workers import this tree's cass_ros too, wherever this runs from
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR")
+                 log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
         try:
             for n in args.workers:
                 fleet_rows.append((f"cass_fleet --workers {n}", str(n), bench_fleet(

@@ -46,9 +46,10 @@ Design:
   is ever joined or moved into place. A bag whose workers are lost
   ``--max-attempts`` times (a bag that crashes its worker each time) is
   recorded "failed" with the last loss as reason. Ray's own actor restarts
-  (``max_restarts``) are not used: a restarted actor would come back on
-  the same placement, its queued calls waiting on a node that may never
-  return, and the driver has to decide what to redo anyway.
+  (``max_restarts``) are not used: the calls sent to a restarting actor
+  wait for it, and on a cluster that lost a node it may never find room;
+  here only ready workers get work, and the driver has to decide what to
+  redo anyway (Ray fails the lost call, it does not say which bag).
 - Ctrl-C (KeyboardInterrupt), and SIGTERM made one,
   stops the workers, leaves the running bags "running" (not done: the next
   run does them again) and the manifest "interrupted".
