@@ -193,6 +193,7 @@ def test_dino_keys_are_the_key_third_of_timms_qkv(tiny_models):
     torch.testing.assert_close(keys, want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.arithmetic
 def test_segmenter_labels_equal_with_either_kernel(tiny_models):
     """Without the session's text cache: each kernel set encodes the names
     itself (embeddings cached by one would differ in the last bits from the

@@ -139,6 +139,7 @@ OFFERED = {
 }
 
 
+@pytest.mark.arithmetic
 @pytest.mark.parametrize("offered", OFFERED)
 @pytest.mark.parametrize("mode", MODES)
 def test_each_offered_mode_agrees_with_cpu_fp32(make, mode, offered):
@@ -180,6 +181,7 @@ def test_unusable_precisions_are_one_line_config_errors(tiny_models, settings, m
     assert str(err.value) == message
 
 
+@pytest.mark.arithmetic
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_fp32_agrees_with_cpu_fp32(make, mode):
@@ -197,6 +199,7 @@ def test_cuda_fp32_agrees_with_cpu_fp32(make, mode):
     assert not got.head_mismatches, got.summary()
 
 
+@pytest.mark.arithmetic
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_cuda_half_precision_agrees_with_cuda_fp32(make, precision):
