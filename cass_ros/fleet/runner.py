@@ -65,7 +65,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -645,13 +645,21 @@ def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any]
         return False
     if not any(r["frames_out"] for r in b.results if r is not None):
         return _fail(manifest, b, _nothing_segmented(b.results), result)
-    try:
-        _finish_bag(fo, b)
-    except (OSError, bag_io.BagError) as e:
-        b.failed = f"cannot write the output: {_one_line(e)}"
-        manifest.set_status(b.bag, "failed", reason=b.failed)
-        result.failed += 1
-        return True
+    with _uninterrupted():     # the output in place and "done" in the manifest: both or neither
+        try:
+            _finish_bag(fo, b)
+        except (OSError, bag_io.BagError) as e:
+            b.failed = f"cannot write the output: {_one_line(e)}"
+            manifest.set_status(b.bag, "failed", reason=b.failed)
+            result.failed += 1
+            return True
+        result.frames += _done(manifest, b)
+        result.done += 1
+    return True
+
+
+def _done(manifest: Manifest, b: _Bag) -> int:
+    """The bag recorded "done" with its chunks' reports summed; its frames."""
     reports = [r for r in b.results if r is not None]
     frames = sum(r["frames_out"] for r in reports)
     seconds = sum(r["seconds"] for r in reports)
@@ -662,9 +670,28 @@ def _record(fo: FleetOptions, manifest: Manifest, job: _Job, got: dict[str, Any]
         seconds=round(seconds, 3), frames_per_second=round(frames / seconds, 3) if seconds else None,
         prompt_ids=sorted({i for r in reports for i in r["prompt_ids"]}), counts=counts,
         attempts=b.attempts, nodes=_nodes(b))
-    result.done += 1
-    result.frames += frames
-    return True
+    return frames
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while the block runs, then raised as
+    KeyboardInterrupt: a stop between a bag's rename into place and its
+    "done" would leave an output the manifest calls "running". In a thread
+    other than the main one nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _lost(fo: FleetOptions, manifest: Manifest, job: _Job, reason: str, result: FleetResult,
