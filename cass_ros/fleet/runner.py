@@ -232,6 +232,17 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def _loss_reason(e: BaseException) -> str:
+    """One line for a lost worker: Ray's first line, and its line saying
+    why the actor died where it gives one (its node died, its process
+    exited), which follows the actor's tab-indented particulars."""
+    lines = str(e).splitlines()
+    why = next((ln.strip() for ln in lines[1:] if ln.strip() and not ln.startswith("\t")), "")
+    why = why.split(" Some common causes")[0]      # Ray's list of guesses
+    text = " ".join(x for x in (_one_line(e), why) if x)
+    return f"worker lost: {text[:300]}"
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -599,8 +610,7 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
                 got = ray.get(ref)
             except RayActorError as e:   # its process or its node died
                 pool.lost(i, last)        # slot i gets work again once replaced
-                came.append((job, {"ok": False, "lost": True,
-                                   "reason": f"worker lost: {_one_line(e)}"}))
+                came.append((job, {"ok": False, "lost": True, "reason": _loss_reason(e)}))
                 continue
             except RayError as e:
                 got = {"ok": False, "reason": f"{type(e).__name__}: {_one_line(e)}"}

@@ -130,6 +130,7 @@ def test_a_lost_chunk_is_redone_and_a_bag_that_kills_its_worker_fails(
     bad = bags[crash]
     assert bad["status"] == "failed" and bad["attempts"] == 2 and len(bad["lost"]) == 2, bad
     assert "worker lost" in bad["reason"] and "2 attempt" in bad["reason"], bad["reason"]
+    assert "worker process has died" in bad["reason"], bad["reason"]
     assert {lost["node"] for lost in bad["lost"]} <= {w.node_id for w in workers}
     assert not (out / crash).exists()
     redone = bags[once]
@@ -183,6 +184,6 @@ def test_a_node_lost_mid_bag_is_redone_on_the_node_left(cluster, sample, bag_par
         (got, bags)
     (left,) = {w.node_id for w in workers} - {got["node"]}
     assert lost["nodes"] == [left]
-    assert "worker lost" in lost["lost"][0]["reason"]
+    assert "worker lost" in lost["lost"][0]["reason"] and "node" in lost["lost"][0]["reason"]
     _assert_like_cass_bag(root, out, got["bag"], bag_params_file, tmp_path)
     assert not (out / ".fleet_tmp").exists()
