@@ -79,10 +79,15 @@ def assert_live_equals_offline(lockstep_run, offline) -> bool:
     assert len(live_labels) == len(off_labels) == len(live_color) == 20
     stamps = [bag_io.stamp_ns(m.header.stamp) for m in live_labels]
     equal = assert_label_images_agree(live_labels, [off_labels[s] for s in stamps])
+    # with instance outlines on the overlay, the instance images they are drawn from
+    topic = "/cass/camera/instances"
+    live_inst = by_stamp(lockstep_run.recording.messages(topic)) if topic in offline else {}
+    off_inst = by_stamp(m for _, m in offline.get(topic, []))
     for lab, obj, stamp in zip(live_labels, live_objects, stamps, strict=True):
         assert bag_io.stamp_ns(obj.header.stamp) == stamp
         assert_objects_agree(obj, off_objects[stamp], lab, off_labels[stamp])
-        assert_overlays_agree(lab, off_labels[stamp], live_color[stamp], off_color[stamp])
+        assert_overlays_agree(lab, off_labels[stamp], live_color[stamp], off_color[stamp],
+                              live_inst.get(stamp), off_inst.get(stamp))
     return all(equal)
 
 
