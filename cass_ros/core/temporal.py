@@ -8,7 +8,7 @@ confidences and the returned probabilities are the smoothed ones. The
 smoothed probabilities stay on the segmenter's device: smoothing adds one
 element-wise operation per frame and no host transfer.
 
-No torch import at module level: the node's parameters (ros/params.py)
+No torch import at module level: the node's parameters (ros/wiring/params.py)
 import TemporalParams before torch may load.
 """
 
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import ConfigError
+from .continuity import continues  # the restart rule, shared with core.objects.tracks
 
 if TYPE_CHECKING:
     import torch
@@ -78,20 +79,6 @@ class TemporalParams:
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
                  f"must be an integer >= 1 (1 = no hysteresis), not {value!r}")
         return self
-
-
-def continues(last_key: object, last_stamp_s: float | None, key: object, stamp_s: float,
-              reset_gap_s: float) -> bool:
-    """Whether a frame (``key``, ``stamp_s``) continues a stream whose last
-    frame had ``last_key`` and ``last_stamp_s`` (docs/algorithm.md 5.6 and
-    11): the same key (prompt_id, size, ...), a stamp not going backwards
-    and a gap of at most ``reset_gap_s``. The first frame (``last_key``
-    None) has nothing to break: True. The one rule the temporal streams and
-    the instance trackers (core.objects.tracks) restart by."""
-    if last_key is None:
-        return True
-    gap = stamp_s - last_stamp_s  # type: ignore[operator]
-    return not (key != last_key or gap < 0.0 or gap > reset_gap_s)
 
 
 class TemporalStream:

@@ -10,7 +10,7 @@ A track without an instance survives ``max_missed`` frames, keeping its last
 mask, so an object hidden for a moment is matched back where it was; a new
 track is published after ``min_hits`` consecutive frames. Ids increase from
 1 and are never reused. The tracks restart by the temporal streams' rule
-(core.temporal.continues): a new prompt_id, a new size, a stamp going back
+(core.continuity.continues): a new prompt_id, a new size, a stamp going back
 or a gap over ``reset_gap_s``.
 
 The overlaps come from one np.bincount over (track, instance) pairs of the
@@ -26,7 +26,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..config import ConfigError
-from ..temporal import continues
+from ..continuity import continues
 from .instances import Instances
 
 
