@@ -28,6 +28,7 @@ from ..core.config import ConfigError
 from ..core.prompts import PromptError
 from ..fleet import inputs as fleet_inputs
 from ..fleet.manifest import MANIFEST_NAME, MAX_ATTEMPTS, Manifest, ManifestError
+from ..fleet.signals import sigterm_interrupts
 from .bag import parse_set
 
 EXIT_FAILED = 1
@@ -105,6 +106,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="[%(name)s] %(message)s")
     # cass_bag's own log lines (one per bag and topic) are the workers' to keep
     logging.getLogger("cass_bag").setLevel(logging.WARNING)
+    # SIGTERM is a Ctrl-C from here on: one that comes while the inputs are
+    # searched, the settings read or Ray started ends the run as cleanly as
+    # one in the middle of it (exit 130, the manifest "interrupted").
+    restore = sigterm_interrupts()
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        return _interrupted()
+    finally:
+        restore()
+
+
+def _interrupted() -> int:
+    print("cass_fleet: interrupted; run the same command again to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         bags = fleet_inputs.collect(list(args.inputs), out=args.out)
     except fleet_inputs.InputError as e:
@@ -130,13 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = runner.run_fleet(fo, manifest)
     except (ConfigError, PromptError) as e:  # the workers could not load the model ...
-        bar.close()
         return _error(str(e))
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+    finally:  # (a second Ctrl-C while stopping: main says "interrupted")
         bar.close()
-        print("cass_fleet: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    bar.close()
     if args.report:
         _report(args.out, manifest)
     counts = manifest.counts()
@@ -147,8 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{result.seconds:.1f} s ({fps:.1f} frames/s, {result.workers} worker(s)) "
           f"-> {args.out / MANIFEST_NAME}")
     if result.interrupted:
-        print("cass_fleet: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     return EXIT_FAILED if counts["failed"] else 0
 
 

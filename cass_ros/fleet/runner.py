@@ -79,6 +79,7 @@ from ..ros import params as node_params
 from . import chunks
 from .inputs import BagInput
 from .manifest import MAX_ATTEMPTS, TMP_NAME, Manifest, fingerprint
+from .signals import sigterm_interrupts
 
 log = logging.getLogger("cass_fleet")
 
@@ -290,25 +291,40 @@ class _Job:
         return self.bag.part(self.k, self.attempt)
 
 
-def connect(address: str | None, temp_dir: Path | None = None) -> tuple[bool, Path | None]:
-    """Ray: an instance already there (tests), the cluster at ``address``,
-    or a new local one, its session folders in ``temp_dir`` (kept) or in a
-    temporary folder. Returns (whether this call connected, the temporary
-    folder to remove after ``ray.shutdown``)."""
+def connect(address: str | None, temp_dir: Path | None = None) -> bool:
+    """Ray: an instance already there (tests: False, nothing done), the
+    cluster at ``address``, or a new local one keeping its session folders
+    in ``temp_dir``. True when this call started (or began to start) it:
+    ``ray.shutdown()`` is then the caller's, even when a Ctrl-C or SIGTERM
+    stopped ``ray.init`` halfway (its local processes may be up).
+
+    SIGTERM during ``ray.init`` is a KeyboardInterrupt as everywhere else
+    in the run (``sigterm_interrupts``): ``ray.init`` sets its own handler
+    first thing (``sys.exit(15)``), which is caught here and put back to
+    ours once it returns."""
     import ray
 
     if ray.is_initialized():
-        return False, None
+        return False
     # The workers' logs would break the progress bar: their failures come
     # back as results, and the manifest records them.
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **kwargs)
-        return True, None
-    own = None if temp_dir is not None else _own_temp_dir()
-    ray.init(address="local", _temp_dir=str((temp_dir or own).absolute()), **kwargs)
-    return True, own
+        kwargs.update(address=address)
+    else:
+        kwargs.update(address="local")
+        if temp_dir is not None:
+            kwargs.update(_temp_dir=str(temp_dir.absolute()))
+    try:
+        ray.init(**kwargs)
+    except SystemExit as e:           # Ray's SIGTERM handler, before ours was back
+        if e.code == signal.SIGTERM:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        sigterm_interrupts()
+    return True
 
 
 def _own_temp_dir() -> Path:
@@ -434,28 +450,34 @@ class _Pool:
 
 def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
     """Run the bags of ``fo`` the manifest does not hold as done (its
-    resume rules), recording each as it ends. KeyboardInterrupt (or
-    ``stop_after``) ends the run early: the result says ``interrupted``."""
+    resume rules), recording each as it ends. KeyboardInterrupt (Ctrl-C,
+    SIGTERM: ``sigterm_interrupts``, from the start, planning and
+    ``ray.init`` included; or ``stop_after``) ends the run early: the
+    result says ``interrupted``, the manifest too."""
     result = FleetResult()
     base = bag_options(fo)
     tmp_root = fo.out / TMP_NAME
-    shutil.rmtree(tmp_root, ignore_errors=True)  # a killed run's partial outputs
-    todo = manifest.todo(fo.inputs, fo.retry_failed)
-    result.skipped = len(fo.inputs) - len(todo)
-    manifest.save()
     started = time.perf_counter()
-    bags = _plan(fo, base, manifest, todo, tmp_root, result)
-    total = sum(b.plan.frames for b in bags)
-    if fo.progress:
-        fo.progress(0, total, 0, len(bags))
-    if not bags:
-        manifest.finish("finished")
-        result.seconds = time.perf_counter() - started
-        return result
-    started_ray, ray_tmp = connect(fo.address, fo.ray_temp_dir)
-    restore = _sigterm_interrupts()   # after ray.init, which sets its own handler
-    pool = None
+    restore = sigterm_interrupts()
+    started_ray, ray_tmp, pool = False, None, None
     try:
+        shutil.rmtree(tmp_root, ignore_errors=True)  # a killed run's partial outputs
+        todo = manifest.todo(fo.inputs, fo.retry_failed)
+        result.skipped = len(fo.inputs) - len(todo)
+        manifest.save()
+        bags = _plan(fo, base, manifest, todo, tmp_root, result)
+        total = sum(b.plan.frames for b in bags)
+        if fo.progress:
+            fo.progress(0, total, 0, len(bags))
+        if not bags:
+            return result
+        import ray
+
+        if not ray.is_initialized():  # (tests start their own)
+            if not fo.address and fo.ray_temp_dir is None:
+                ray_tmp = _own_temp_dir()
+            started_ray = True         # shut down even when stopped halfway
+            connect(fo.address, fo.ray_temp_dir or ray_tmp)
         pool = _Pool(fo, base)
         result.workers = pool.n
         pool.wait_ready()
@@ -477,22 +499,6 @@ def run_fleet(fo: FleetOptions, manifest: Manifest) -> FleetResult:
         manifest.finish("interrupted" if result.interrupted else "finished")
         restore()
     return result
-
-
-def _sigterm_interrupts() -> Callable[[], None]:
-    """SIGTERM (a scheduler, ``kill``) stops the run as Ctrl-C does: the
-    manifest "interrupted", the running bags left to the next run. Ray's
-    driver handler (``sys.exit``) would skip that and leave the manifest
-    saying "finished". Returns what puts the previous handler back; in a
-    thread other than the main one nothing is changed."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _remove_tmp(tmp_root: Path, settle: bool) -> None:

@@ -189,3 +189,100 @@ def test_a_signal_leaves_a_manifest_to_resume_from(tmp_path, sample_bag_module, 
     assert all(b["frames"] == 3 for b in doc["bags"])
     assert not list(ray_tmp.glob("cass_fleet_ray_*")), list(ray_tmp.iterdir())
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# A driver that sends itself the signal at one point before any bag runs:
+# while the inputs are searched, while the bags are planned (the manifest
+# written), or inside ray.init once the local Ray's processes are up.
+_EARLY = """
+import os, sys
+sig, stage = int(sys.argv[1]), sys.argv[2]
+
+def hit():
+    os.kill(os.getpid(), sig)
+
+if stage == "inputs":
+    from cass_ros.fleet import inputs
+    real = inputs.find_bags
+    def find_bags(*a, **k):
+        hit()
+        return real(*a, **k)
+    inputs.find_bags = find_bags
+elif stage == "plan":
+    from cass_ros.bag import tool
+    real, seen = tool.plan_bag, []
+    def plan_bag(*a, **k):
+        seen.append(1)
+        if len(seen) == 2:
+            hit()
+        return real(*a, **k)
+    tool.plan_bag = plan_bag
+else:
+    import ray._private.worker as w
+    real = w.connect
+    def connect(*a, **k):
+        hit()
+        return real(*a, **k)
+    w.connect = connect
+from cass_ros.cli import fleet
+sys.exit(fleet.main(sys.argv[3:]))
+"""
+
+
+def _processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that name ``path`` (a Ray left running)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            found.append(cmd)
+    return found
+
+
+@pytest.mark.parametrize("stage", ["inputs", "plan", "ray.init"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_before_the_workers_start_ends_as_cleanly(tmp_path, sample_bag_module,
+                                                           bag_params_file, signum, stage):
+    """SIGINT or SIGTERM before any bag runs (inputs searched, bags planned,
+    inside ray.init): exit 130 with the one "interrupted" line and no
+    traceback; the manifest, once written, "interrupted" with nothing done
+    and no partial output; no Ray process or session folder left. After
+    the one inside ray.init the same command does every bag."""
+    pytest.importorskip("ray")
+    for name in ("a", "b"):
+        sample_bag_module.write_sample_bag(tmp_path / "in" / name, frames=2)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "in"), "--out", str(out), "--params-file", str(bag_params_file),
+            "--no-progress"]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="cf", dir="/tmp"))
+    env = dict(os.environ, RAY_ADDRESS="", TMPDIR=str(ray_tmp))
+    try:
+        proc = subprocess.run([sys.executable, "-c", _EARLY, str(int(signum)), stage, *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 130, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "cass_fleet: interrupted; run the same command again to resume")
+        if stage == "inputs":
+            assert not out.exists()
+        else:
+            doc = json.loads((out / "fleet.json").read_text())
+            assert doc["state"] == "interrupted" and doc["finished"] is None
+            assert {b["status"] for b in doc["bags"]} <= {"pending"}, doc["bags"]
+            assert sorted(p.name for p in out.iterdir()) == ["fleet.json"]
+        deadline = time.monotonic() + 15
+        while _processes_using(ray_tmp) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes_using(ray_tmp)
+        assert not list(ray_tmp.iterdir()), list(ray_tmp.iterdir())
+        if stage == "ray.init" and signum == signal.SIGTERM:
+            done = subprocess.run([sys.executable, "-m", "cass_ros.cli.fleet", *args],
+                                  capture_output=True, text=True, env=env, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            doc = json.loads((out / "fleet.json").read_text())
+            assert doc["state"] == "finished" and {b["status"] for b in doc["bags"]} == {"done"}
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
