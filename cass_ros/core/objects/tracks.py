@@ -13,6 +13,14 @@ track is published after ``min_hits`` consecutive frames. Ids increase from
 (core.continuity.continues): a new prompt_id, a new size, a stamp going back
 or a gap over ``reset_gap_s``.
 
+Re-identification (``reid_seconds`` > 0, with per-instance embeddings
+given to ``Tracker.update``): a track that ends (missed more than
+``max_missed`` frames) is kept for ``reid_seconds`` with its embedding,
+class and last 3D centroid; a new instance of the same class whose cosine
+with it is at least ``reid_min_cosine`` (and, where both have a 3D
+centroid, within ``max_distance_m`` of where it was last) takes its id back,
+one-to-one per class (the most pairs, then the largest summed cosine).
+
 The overlaps come from one np.bincount over (track, instance) pairs of the
 tracks' remembered pixels, no loop over pixels; the loop is over classes.
 """
@@ -39,6 +47,13 @@ class TrackParams:
     min_hits: int = 1             # track_min_hits
     max_distance_m: float = 1.0   # track_max_distance_m (with depth)
     reset_gap_s: float = 1.0      # temporal_reset_gap_s
+    reid_seconds: float = 0.0     # track_reid_seconds: ended tracks kept this long; 0 = off
+    reid_min_cosine: float = 0.8  # track_reid_min_cosine, in [-1, 1]
+
+    @property
+    def reidentifies(self) -> bool:
+        """Whether ended tracks are kept for re-identification."""
+        return self.reid_seconds > 0.0
 
     def validate(self, prefix: str = "track_") -> TrackParams:
         """Raise ConfigError naming the parameter (``prefix`` + field name),
@@ -64,6 +79,10 @@ class TrackParams:
              f"{prefix}max_distance_m", f"must be > 0 m, not {self.max_distance_m!r}")
         need(number(self.reset_gap_s) and self.reset_gap_s > 0.0, "temporal_reset_gap_s",
              f"must be > 0 s, not {self.reset_gap_s!r}")
+        need(number(self.reid_seconds) and self.reid_seconds >= 0.0, f"{prefix}reid_seconds",
+             f"must be >= 0 s (0 = off), not {self.reid_seconds!r}")
+        need(number(self.reid_min_cosine) and -1.0 <= self.reid_min_cosine <= 1.0,
+             f"{prefix}reid_min_cosine", f"must be in [-1, 1], not {self.reid_min_cosine!r}")
         return self
 
 
@@ -74,7 +93,8 @@ class Track:
     id: int                      # unique per tracker, from 1, never reused
     class_id: int
     instance: int                # its instance (1..n) in this frame; 0 when missed
-    age: int                     # frames since it was created (0 on that frame)
+    age: int                     # frames since it was created (0 on that frame; a
+                                 # re-identified track's age goes on from its first life)
     missed: int                  # frames since last seen (0 = seen this frame)
     hits: int                    # consecutive frames seen (0 when missed)
     box: tuple[int, int, int, int]   # last box x, y, width, height
@@ -94,10 +114,30 @@ class _State:
     box: tuple[int, int, int, int]
     confirmed: bool              # reached min_hits once: published whenever seen
     centroid: np.ndarray         # (3,) last 3D centroid; NaN without depth
+    # The sum of its instances' unit embeddings (float64), None before the
+    # first: its embedding is this sum normalised, i.e. the direction of the
+    # mean over every frame it was seen. A plain mean rather than a moving
+    # average: a track's views (a few seconds of one object) weigh equally,
+    # so a frame or two of a partly hidden or badly cut instance (the frames
+    # just before it is lost, typically) barely moves it, and the
+    # comparison made after it is lost is with the object as it was seen
+    # all along.
+    embedding_sum: np.ndarray | None = None
 
     def frozen(self) -> Track:
         return Track(self.id, self.class_id, self.instance, self.age, self.missed, self.hits,
                      self.box, self.confirmed and self.missed == 0)
+
+
+@dataclass
+class _Ended:
+    """A track that ended (missed more than max_missed frames), kept for
+    re-identification: its state as it ended, the stamp and the tracker's
+    frame number of that frame."""
+
+    state: _State
+    stamp: float
+    frame: int
 
 
 class Tracker:
@@ -125,14 +165,25 @@ class Tracker:
         self._slots = np.zeros(0, np.int64)    # (M,) index into self._tracks
         self._key: tuple[int, tuple[int, int]] | None = None
         self._stamp: float | None = None
+        self._ended: list[_Ended] = []      # ended tracks for re-identification, by end
+        self._frame = 0                     # frames since the reset
+        self._width: int | None = None      # the embeddings' width (c) the tracks hold
 
     def set_params(self, params: TrackParams) -> None:
         """New parameters; the tracks are kept (they apply from the next frame)."""
         self.params = params.validate()
 
-    def update(self, instances: Instances, prompt_id: int, stamp_s: float) -> list[Track]:
+    def update(self, instances: Instances, prompt_id: int, stamp_s: float,
+               embeddings: object | None = None) -> list[Track]:
         """Associate this frame's ``instances`` with the tracks; every live
-        track after it (published or not), ordered by id."""
+        track after it (published or not), ordered by id.
+
+        ``embeddings``: optional (n, c) per-instance embeddings (numpy or a
+        torch tensor on any device; row i - 1 is instance i's, e.g.
+        core.queries.pooling.pool_regions over ``instances.index``), used
+        for re-identification when ``params.reid_seconds`` > 0; rows are
+        L2-normalised here, a zero or non-finite row counts as none. None:
+        nothing is kept or compared (exactly the tracker without them)."""
         index = instances.index                                 # (H, W)
         key = (int(prompt_id), (int(index.shape[0]), int(index.shape[1])))
         stamp_s = float(stamp_s)
@@ -140,11 +191,17 @@ class Tracker:
             self.reset()
             self.resets += 1
         self._key, self._stamp = key, stamp_s
+        self._frame += 1
 
         n = instances.count
+        p = self.params
+        emb, has_emb = self._embeddings(embeddings, n)          # (n, c) unit, (n,) bool
+        if p.reidentifies:                                      # drop those ended too long ago
+            self._ended = [e for e in self._ended if stamp_s - e.stamp <= p.reid_seconds]
+        else:
+            self._ended = []
         match = self._associate(instances)                      # (T,) instance 0..n-1 or -1
         cent = _centroids(instances)                            # (n, 3)
-        p = self.params
         alive: list[_State] = []
         new_slot = np.full(len(self._tracks), -1, np.int64)     # old slot -> slot, missed only
         instance_slot = np.full(n + 1, -1, np.int64)            # instance 1..n -> slot
@@ -152,28 +209,120 @@ class Tracker:
             t.age += 1
             i = int(match[slot])
             if i >= 0:
-                t.instance, t.missed, t.hits = i + 1, 0, t.hits + 1
-                t.box = tuple(int(v) for v in instances.boxes[i])  # type: ignore[assignment]
-                t.centroid = cent[i]
+                self._seen(t, i, instances, cent, emb, has_emb)
+                t.hits += 1
                 t.confirmed |= t.hits >= p.min_hits
                 instance_slot[i + 1] = len(alive)
             else:
                 t.instance, t.missed, t.hits = 0, t.missed + 1, 0
                 if t.missed > p.max_missed:
+                    if p.reidentifies and t.embedding_sum is not None:
+                        self._ended.append(_Ended(t, stamp_s, self._frame))
                     continue
                 new_slot[slot] = len(alive)
             alive.append(t)
         matched = np.zeros(n, bool)
         matched[match[match >= 0]] = True
-        for i in np.nonzero(~matched)[0]:          # new tracks, in instance order
+        unmatched = np.nonzero(~matched)[0]
+        back = self._reidentify(instances.class_ids, unmatched, emb, has_emb, cent)
+        for i in unmatched:                        # back or new tracks, in instance order
+            e = back.get(int(i))
+            if e is not None:                      # the same object: its track goes on
+                # (its age counts the frames it was gone, its hits start
+                # again at 1, and a track published before is published at
+                # once: it is the object the consumers already know)
+                t = e.state
+                t.age += self._frame - e.frame
+                self._seen(t, int(i), instances, cent, emb, has_emb)
+                t.hits = 1
+                t.confirmed |= t.hits >= p.min_hits
+                self._ended.remove(e)
+            else:
+                t = _State(self._next_id, int(instances.class_ids[i]), int(i) + 1, 0, 0, 1,
+                           tuple(int(v) for v in instances.boxes[i]),  # type: ignore[arg-type]
+                           p.min_hits <= 1, cent[i])
+                if has_emb[i]:
+                    t.embedding_sum = emb[i].copy()
+                self._next_id += 1
             instance_slot[i + 1] = len(alive)
-            alive.append(_State(self._next_id, int(instances.class_ids[i]), int(i) + 1, 0, 0, 1,
-                                tuple(int(v) for v in instances.boxes[i]),  # type: ignore[arg-type]
-                                p.min_hits <= 1, cent[i]))
-            self._next_id += 1
-        self._remember(index, instance_slot, new_slot)
-        self._tracks = alive
-        return [t.frozen() for t in alive]
+            alive.append(t)
+        # ordered by id (a re-identified track's id is older than the new ones')
+        order = np.argsort(np.array([t.id for t in alive], np.int64), kind="stable")
+        rank = np.empty(len(alive) + 1, np.int64)
+        rank[order] = np.arange(len(alive))
+        rank[-1] = -1                                           # slot -1 stays -1
+        self._remember(index, rank[instance_slot], rank[new_slot])
+        self._tracks = [alive[k] for k in order]
+        return [t.frozen() for t in self._tracks]
+
+    @staticmethod
+    def _seen(t: _State, i: int, instances: Instances, cent: np.ndarray, emb: np.ndarray,
+              has_emb: np.ndarray) -> None:
+        """Track ``t`` continues instance ``i`` (0-based) this frame."""
+        t.instance, t.missed = i + 1, 0
+        t.box = tuple(int(v) for v in instances.boxes[i])  # type: ignore[assignment]
+        t.centroid = cent[i]
+        if has_emb[i]:
+            t.embedding_sum = emb[i].copy() if t.embedding_sum is None else t.embedding_sum + emb[i]
+
+    def _embeddings(self, embeddings: object | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The instances' unit embeddings (n, c) float64 and which rows are
+        usable (n,) bool; (n, 0) and none without. A change of width (another
+        model) forgets the tracks' embeddings and the ended tracks."""
+        if embeddings is None:
+            return np.zeros((n, 0)), np.zeros(n, bool)
+        if hasattr(embeddings, "detach"):                       # torch, on any device
+            embeddings = embeddings.detach().float().cpu().numpy()  # type: ignore[attr-defined]
+        e = np.asarray(embeddings, np.float64)
+        if e.ndim != 2 or e.shape[0] != n:
+            raise ValueError(f"embeddings must be (instances, c) = ({n}, c), not {e.shape}")
+        if e.shape[1] != self._width:
+            if self._width is not None:
+                for t in self._tracks:
+                    t.embedding_sum = None
+                self._ended = []
+            self._width = int(e.shape[1])
+        norm = np.linalg.norm(e, axis=1)                        # (n,) NaN for non-finite
+        ok = np.isfinite(norm) & (norm > 0.0)
+        e = np.where(ok[:, None], e / np.where(ok, norm, 1.0)[:, None], 0.0)
+        return e, ok
+
+    def _reidentify(self, class_ids: np.ndarray, unmatched: np.ndarray, emb: np.ndarray,
+                    has_emb: np.ndarray, cent: np.ndarray) -> dict[int, _Ended]:
+        """Which of the ``unmatched`` instances (0-based) take an ended
+        track's id back: instance -> ended track. Admissible pairs: same
+        class, both with an embedding, cosine >= reid_min_cosine, and where
+        both have a 3D centroid at most max_distance_m apart. Per class, one
+        to one: the most pairs, then the largest summed cosine (one
+        linear_sum_assignment over the cosines, inadmissible pairs costing
+        more than any number of cosines can win)."""
+        cand = unmatched[has_emb[unmatched]]
+        if not self._ended or cand.size == 0:
+            return {}
+        ended = self._ended
+        sums = np.stack([e.state.embedding_sum for e in ended])            # (E, c)
+        norm = np.linalg.norm(sums, axis=1)                                 # (E,) 0: none
+        cos = (sums / np.where(norm > 0.0, norm, 1.0)[:, None]) @ emb[cand].T   # (E, U)
+        track_cent = np.stack([e.state.centroid for e in ended])           # (E, 3)
+        dist = np.linalg.norm(track_cent[:, None, :] - cent[cand][None], axis=2)
+        with np.errstate(invalid="ignore"):                                  # NaN: no gate
+            ok = (cos >= self.params.reid_min_cosine) & ~(dist > self.params.max_distance_m)
+        ok &= (norm > 0.0)[:, None]
+        track_cls = np.array([e.state.class_id for e in ended], np.int64)
+        inst_cls = np.asarray(class_ids)[cand]
+        ok &= track_cls[:, None] == inst_cls[None, :]
+        back: dict[int, _Ended] = {}
+        for c in np.unique(track_cls[ok.any(axis=1)]):                      # per class
+            rows = np.nonzero(track_cls == c)[0]
+            cols = np.nonzero(inst_cls == c)[0]
+            sub_ok = ok[np.ix_(rows, cols)]
+            penalty = -(2.0 * min(sub_ok.shape) + 1.0)   # one pair fewer never pays
+            score = np.where(sub_ok, cos[np.ix_(rows, cols)], penalty)
+            r, q = linear_sum_assignment(score, maximize=True)
+            keep = sub_ok[r, q]
+            for e_row, u_col in zip(rows[r[keep]], cols[q[keep]]):
+                back[int(cand[u_col])] = ended[int(e_row)]
+        return back
 
     def _associate(self, instances: Instances) -> np.ndarray:
         """(T,) the instance (0-based) each live track continues, -1 for none."""
