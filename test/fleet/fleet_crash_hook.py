@@ -10,8 +10,10 @@ given to the driver's ``ray.init`` by ``RAY_JOB_CONFIG_JSON_ENV_VAR``, the
 variable ``ray job submit`` uses), and it makes ``cass_bag``'s run end the
 process with ``os._exit`` after the first frame of any bag whose folder
 name starts with ``CRASH_PREFIX``, and of the chunks after the first of a
-bag named ``ONCE_PREFIX...`` the first time each is run (remembered by a
-file in ``$CASS_FLEET_TEST_MARKERS``): a partial output is on disk, and no
+bag named ``ONCE_PREFIX...`` the first time each is run, and of a bag
+named ``THRICE_PREFIX...`` the first three times it is run, over runs of
+cass_fleet (both remembered by files in ``$CASS_FLEET_TEST_MARKERS``): a
+partial output is on disk, and no
 Python error is raised. The product code is not touched; the model runs
 as it does on every other bag.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 CRASH_PREFIX = "crashes_worker"   # every time
 ONCE_PREFIX = "crashes_once"      # the first time a chunk after the first is run
+THRICE_PREFIX = "crashes_thrice"  # the first three times the bag is run
 MARKERS = "CASS_FLEET_TEST_MARKERS"  # the folder where "once" is remembered
 
 
@@ -33,6 +36,14 @@ def _crashes(opts: Any) -> bool:
     name = opts.input_bag.name
     if name.startswith(CRASH_PREFIX):
         return True
+    if name.startswith(THRICE_PREFIX):
+        for n in (1, 2, 3):
+            try:
+                (Path(os.environ[MARKERS]) / f"{name}.run{n}").touch(exist_ok=False)
+            except FileExistsError:
+                continue
+            return True
+        return False
     if not name.startswith(ONCE_PREFIX) or not opts.frame_range or not opts.frame_range[0]:
         return False
     marker = Path(os.environ[MARKERS]) / f"{name}.{opts.frame_range[0]}"

@@ -9,6 +9,8 @@ Cluster), driven through the command line with ``--address``:
   tried ``--max-attempts`` times, then recorded failed, the others done;
   a chunk that kills its worker once is redone alone, the bag joined
   equal to cass_bag's;
+- a bag failed that way is given fresh attempts by ``--retry-failed``
+  (not the failed run's count), and finishes;
 - a worker node removed (killed, not drained) while it segments a bag: the
   run ends on the node left, the bag redone from its start (``attempts``
   2, ``lost`` naming the node), exit 0, its output equal to cass_bag's.
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fleet_crash_hook import CRASH_PREFIX, MARKERS, ONCE_PREFIX
+from fleet_crash_hook import CRASH_PREFIX, MARKERS, ONCE_PREFIX, THRICE_PREFIX
 from fleet_helpers import assert_same_bag, bag_order
 
 import cass_ros
@@ -106,6 +108,17 @@ def test_work_lands_on_both_nodes_and_equals_cass_bag(cluster, sample, bag_param
     assert not (out / ".fleet_tmp").exists()
 
 
+def _crash_hook(monkeypatch, markers: Path) -> None:
+    """The driver's next ray.init gives its workers fleet_crash_hook."""
+    # the hook's folder, and this tree's cass_ros before an installed one
+    code = Path(cass_ros.__file__).parents[1]
+    path = f"{Path(__file__).parent}:{code}:{os.environ.get('PYTHONPATH', '')}"
+    markers.mkdir()
+    env = {"runtime_env": {"worker_process_setup_hook": "fleet_crash_hook.install",
+                           "env_vars": {"PYTHONPATH": path, MARKERS: str(markers)}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(env))
+
+
 def test_a_lost_chunk_is_redone_and_a_bag_that_kills_its_worker_fails(
         cluster, sample, bag_params_file, tmp_path, monkeypatch):
     """One run, --chunk-frames 3 --max-attempts 2: a bag that kills its
@@ -113,14 +126,7 @@ def test_a_lost_chunk_is_redone_and_a_bag_that_kills_its_worker_fails(
     kills its worker once, is redone alone (its first chunk kept) and the
     joined bag equals cass_bag's; the bags beside them are done at once."""
     c, workers = cluster
-    # the hook's folder, and this tree's cass_ros before an installed one
-    code = Path(cass_ros.__file__).parents[1]
-    path = f"{Path(__file__).parent}:{code}:{os.environ.get('PYTHONPATH', '')}"
-    (tmp_path / "markers").mkdir()
-    env = {"runtime_env": {"worker_process_setup_hook": "fleet_crash_hook.install",
-                           "env_vars": {"PYTHONPATH": path,
-                                        MARKERS: str(tmp_path / "markers")}}}
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(env))
+    _crash_hook(monkeypatch, tmp_path / "markers")
     crash, once = f"{CRASH_PREFIX}_x", f"{ONCE_PREFIX}_y"
     root = _bags(sample, {"good1": 2, crash: 3, once: 6, "good2": 2})
     out = tmp_path / "out"
@@ -143,6 +149,36 @@ def test_a_lost_chunk_is_redone_and_a_bag_that_kills_its_worker_fails(
     for name in ("good1", "good2"):
         assert bags[name]["status"] == "done" and bags[name]["attempts"] == 1, bags[name]
         assert (out / name / "metadata.yaml").is_file()
+    assert not (out / ".fleet_tmp").exists()
+
+
+def test_a_failed_bag_retried_gets_fresh_attempts(cluster, sample, bag_params_file, tmp_path,
+                                                  monkeypatch):
+    """A bag whose worker dies on its first three runs: failed after the
+    two attempts of --max-attempts 2; --retry-failed gives it two attempts
+    again (not the failed run's count): the third loss is redone and the
+    bag done, its manifest entry counting this run's attempts and losses
+    only, its output equal to cass_bag's."""
+    c, workers = cluster
+    markers = tmp_path / "markers"
+    _crash_hook(monkeypatch, markers)
+    bad = f"{THRICE_PREFIX}_z"
+    root = _bags(sample, {bad: 3, "fine": 2})
+    out = tmp_path / "out"
+    assert _fleet(root, out, bag_params_file, c.address, "--max-attempts", "2") == 1
+    first = _manifest(out)
+    assert first[bad]["status"] == "failed" and first[bad]["attempts"] == 2, first[bad]
+    assert len(first[bad]["lost"]) == 2 and "2 attempt" in first[bad]["reason"], first[bad]
+    assert first["fine"]["status"] == "done" and first["fine"]["attempts"] == 1
+    assert _fleet(root, out, bag_params_file, c.address, "--max-attempts", "2",
+                  "--retry-failed") == 0
+    again = _manifest(out)
+    assert again[bad]["status"] == "done" and "reason" not in again[bad], again[bad]
+    assert again[bad]["attempts"] == 2 and len(again[bad]["lost"]) == 1, again[bad]
+    assert again[bad]["frames"] == 3
+    assert again["fine"] == first["fine"]                    # done before: not run again
+    assert sorted(p.name for p in markers.iterdir()) == [f"{bad}.run{n}" for n in (1, 2, 3)]
+    _assert_like_cass_bag(root, out, bad, bag_params_file, tmp_path)
     assert not (out / ".fleet_tmp").exists()
 
 
