@@ -129,7 +129,7 @@ class _State:
                      self.box, self.confirmed and self.missed == 0)
 
 
-@dataclass
+@dataclass(eq=False)                 # compared by identity (list.remove)
 class _Ended:
     """A track that ended (missed more than max_missed frames), kept for
     re-identification: its state as it ended, the stamp and the tracker's
