@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cass_ros.core.depth import Intrinsics, labelled_points, object_geometry
     from cass_ros.core.result import SegmentationResult, label_statistics
-    from cass_ros.ros.depth_input import depth_to_metres
+    from cass_ros.ros.inputs.depth import depth_to_metres
 
     h, w, n = args.height, args.width, args.repeat
     k = args.classes + 1
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from std_msgs.msg import Header
 
-        from cass_ros.ros.depth_messages import cloud_msg, detections_3d_msg
-        from cass_ros.ros.vision import vision_msgs_missing
-        from cass_ros.ros.messages import objects_msg
+        from cass_ros.ros.outputs.depth import cloud_msg, detections_3d_msg
+        from cass_ros.ros.outputs.vision import vision_msgs_missing
+        from cass_ros.ros.outputs.messages import objects_msg
     except ImportError as e:
         print(f"(ROS messages not importable, message building skipped: {e})")
         header = None

@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from std_msgs.msg import Header
 
     from cass_ros.core.config import build_config
-    from cass_ros.ros.image_conversion import to_rgb
+    from cass_ros.ros.inputs.image_conversion import to_rgb
     from cass_ros.msg import ObjectPresenceArray
     from cass_ros.core.prompts import build_prompt_set, parse_prompt_text
-    from cass_ros.ros.messages import (color_image_msg, image_from_rgb, label_image_msg,
+    from cass_ros.ros.outputs.messages import (color_image_msg, image_from_rgb, label_image_msg,
                                        objects_msg)
     from cass_ros.core.segmenter import Segmenter
     from cass_ros.core.visualize import overlay, palette

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from cass_ros.core.models import save_tiny_random_checkpoints
     from cass_ros.core.prompts import build_prompt_set, parse_prompt_text
     from cass_ros.core.segmenter import Segmenter
-    from cass_ros.ros.vision import (detections_fields, detections_msg, label_info_msg,
+    from cass_ros.ros.outputs.vision import (detections_fields, detections_msg, label_info_msg,
                                      vision_msgs_missing)
 
     missing = vision_msgs_missing()

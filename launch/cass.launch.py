@@ -23,7 +23,7 @@ from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 
-from cass_ros.ros.launch_args import LAUNCH_ARGUMENTS, launch_flag, node_overrides
+from cass_ros.ros.wiring.launch_args import LAUNCH_ARGUMENTS, launch_flag, node_overrides
 
 
 def _cass_node(context, *args, **kwargs):

@@ -316,8 +316,8 @@ def test_ros_executables_say_what_is_missing(installed: RobotVenv, exe: str) -> 
 
 def test_missing_module_while_loading_is_one_line(capsys, monkeypatch) -> None:
     """A module missing while the node loads (rclpy and the messages there)."""
-    from cass_ros.ros import entry
-    from cass_ros.ros.stopping import StopSignals
+    from cass_ros.ros.wiring import entry
+    from cass_ros.ros.wiring.stopping import StopSignals
 
     monkeypatch.setattr(entry, "missing_ros", lambda prog: None)
 

@@ -57,12 +57,12 @@ class PlayerError(RuntimeError):
 
 def node_command() -> list[str]:
     """How to start cass_node: the installed executable of a colcon install
-    tree (``<prefix>/lib/cass_ros/cass_node``), else ``python -m cass_ros.ros.node``."""
+    tree (``<prefix>/lib/cass_ros/cass_node``), else ``python -m cass_ros.ros.wiring.node``."""
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         exe = Path(prefix) / "lib" / "cass_ros" / "cass_node"
         if prefix and exe.is_file() and os.access(exe, os.X_OK):
             return [str(exe)]
-    return [sys.executable, "-m", "cass_ros.ros.node"]
+    return [sys.executable, "-m", "cass_ros.ros.wiring.node"]
 
 
 def free_domain_id() -> int:

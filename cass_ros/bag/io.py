@@ -36,9 +36,9 @@ from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
-from ..ros import image_conversion
-from ..ros.messages import POINT_FIELDS, class_table_fields, labels_from_msg, objects_fields
-from ..ros.vision import DETECTIONS_TYPE, LABEL_INFO_TYPE, detections_fields, label_info_fields
+from ..ros.inputs import image_conversion
+from ..ros.outputs.messages import POINT_FIELDS, class_table_fields, labels_from_msg, objects_fields
+from ..ros.outputs.vision import DETECTIONS_TYPE, LABEL_INFO_TYPE, detections_fields, label_info_fields
 
 from ..core.prompts import PromptSet
 from ..core.result import SegmentationResult
@@ -489,7 +489,7 @@ def image_msg(ts: Typestore, header: Any, array: np.ndarray, encoding: str) -> A
 
 
 def image_from_fields(ts: Typestore, header: Any, fields: dict[str, Any]) -> Any:
-    """sensor_msgs/Image from the field dictionaries of cass_ros.ros.image_conversion."""
+    """sensor_msgs/Image from the field dictionaries of cass_ros.ros.inputs.image_conversion."""
     Image = ts.types[IMAGE]
     return Image(header=header, height=int(fields["height"]), width=int(fields["width"]),
                  encoding=fields["encoding"], is_bigendian=int(fields["is_bigendian"]),
@@ -529,13 +529,13 @@ def objects_msg(ts: Typestore, header: Any, result: SegmentationResult,
 def detections_msg(ts: Typestore, header: Any, result: SegmentationResult,
                    min_pixels: int = 1) -> Any:
     """vision_msgs/Detection2DArray of one result, from the node's field
-    builder (cass_ros.ros.vision); ``header`` on the array and each detection."""
+    builder (cass_ros.ros.outputs.vision); ``header`` on the array and each detection."""
     return detections_from_fields(ts, header, detections_fields(result, min_pixels))
 
 
 def detections_from_fields(ts: Typestore, header: Any, fields: Sequence[dict[str, Any]]) -> Any:
     """vision_msgs/Detection2DArray of Detection2D field dictionaries (per
-    class, or per track: ros.instance_outputs.instance_detection_fields)."""
+    class, or per track: ros.outputs.instances.instance_detection_fields)."""
     t = ts.types
     pfx = "vision_msgs/msg/"
     detections = []
@@ -564,7 +564,7 @@ def _zero_pose(ts: Typestore) -> Any:
 def instance_array_msg(ts: Typestore, header: Any, result: SegmentationResult,
                        fields: Sequence[dict[str, Any]]) -> Any:
     """cass_ros/InstanceArray from the node's field builder
-    (ros.instance_outputs.instance_fields)."""
+    (ros.outputs.instances.instance_fields)."""
     Roi = ts.types["sensor_msgs/msg/RegionOfInterest"]
     Point = ts.types["geometry_msgs/msg/Point"]
     items = [ts.types[INSTANCE](**dict(f, bbox=Roi(**f["bbox"]),

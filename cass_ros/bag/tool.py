@@ -76,8 +76,8 @@ from ..core.result import SegmentationResult
 from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
 from ..core.visualize import draw_legend, outline_instances, overlay, write_color_table
 from ..ros import params as node_params
-from ..ros.image_conversion import ImageConversionError
-from ..ros.instance_outputs import (FrameObjects, frame_objects, instance_detection_fields,
+from ..ros.inputs.image_conversion import ImageConversionError
+from ..ros.outputs.instances import (FrameObjects, frame_objects, instance_detection_fields,
                                     instance_fields, instance_image_fields)
 
 if TYPE_CHECKING:  # imports torch: loaded in _load_segmenter, see there

@@ -32,7 +32,7 @@ _EXPORTS = {
     "PromptSession": "prompt_session", "ActivePrompts": "prompt_session",
     "CassModels": "models", "WeightsError": "models", "load_models": "models",
     "save_tiny_random_checkpoints": "models",
-    "Segmenter": "segmenter", "PreparedPrompts": "segmenter",
+    "Segmenter": "segmenter", "PreparedPrompts": "prepared_prompts",
     "SegmentationResult": "result",
     "TemporalParams": "temporal", "TemporalStream": "temporal", "StreamFrame": "temporal",
     "overlay": "visualize", "palette": "visualize",

@@ -22,7 +22,8 @@ from .prompts import PromptSet, check_prompt_set
 from .visualize import palette
 
 if TYPE_CHECKING:  # the segmenter imports torch; this module need not
-    from .segmenter import PreparedPrompts, Segmenter
+    from .prepared_prompts import PreparedPrompts
+    from .segmenter import Segmenter
 
 
 @dataclass(frozen=True)

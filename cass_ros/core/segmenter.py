@@ -35,6 +35,7 @@ from .preprocess import (
     resize_short_side,
     slide_windows,
 )
+from .prepared_prompts import PreparedPrompts
 from .prompts import PromptSet
 from .queries.decode import decode
 from .queries.features import CropFeatures, ImageFeatures
@@ -95,28 +96,6 @@ def linear_shapes(models: CassModels) -> list[LinearShape]:
 # Settings that select or place the models (config's MODEL group); the
 # others can change on a running segmenter (Segmenter.with_config).
 MODEL_SETTINGS = group_names(MODEL)
-
-
-@dataclass(frozen=True)
-class PreparedPrompts:
-    """A prompt set ready for inference: encoded, clustered, on the device.
-    Immutable, so a node can swap it atomically between frames."""
-
-    prompt_set: PromptSet
-    prompt_id: int
-    names: tuple[str, ...]          # (C,) every name, label order
-    name_labels: torch.Tensor       # (C,) long: label of each name
-    text: torch.Tensor              # (C, E) float32 unit embeddings Q
-    clusters: np.ndarray            # (C,) cluster id per name
-    cluster_onehot: torch.Tensor    # (M, C) bool
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.prompt_set.class_names
-
-    @property
-    def num_labels(self) -> int:
-        return self.prompt_set.num_labels
 
 
 @dataclass

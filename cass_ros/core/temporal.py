@@ -8,7 +8,7 @@ confidences and the returned probabilities are the smoothed ones. The
 smoothed probabilities stay on the segmenter's device: smoothing adds one
 element-wise operation per frame and no host transfer.
 
-No torch import at module level: the node's parameters (ros/wiring/params.py)
+No torch import at module level: the node's parameters (ros/params.py)
 import TemporalParams before torch may load.
 """
 

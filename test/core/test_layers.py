@@ -82,7 +82,7 @@ def test_core_ros_and_bag_never_load_ray_matplotlib_or_the_fleet() -> None:
     modules = sorted("cass_ros." + ".".join(p.relative_to(pkg).with_suffix("").parts)
                      for layer in ("core", "ros", "bag") for p in (pkg / layer).rglob("*.py")
                      if p.stem != "__init__")
-    assert "cass_ros.bag.tool" in modules and "cass_ros.ros.node" in modules
+    assert "cass_ros.bag.tool" in modules and "cass_ros.ros.wiring.node" in modules
     # This environment as it is (the installed messages, rclpy): only the
     # fleet's dependencies are blocked.
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""

@@ -172,7 +172,7 @@ def image_msg(rgb: Any, stamp_ns: int, frame_id: str, encoding: str = "rgb8",
               step_padding: int = 0) -> Any:
     from std_msgs.msg import Header
 
-    from cass_ros.ros.messages import image_from_rgb
+    from cass_ros.ros.outputs.messages import image_from_rgb
 
     header = Header()
     header.frame_id = frame_id

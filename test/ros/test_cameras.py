@@ -1,5 +1,5 @@
 """The per-camera rules of docs/ros-interface.md ("Always the newest frame",
-"No prompts at start-up") on cass_ros.ros.cameras alone: no DDS, no model."""
+"No prompts at start-up") on cass_ros.ros.inputs.cameras alone: no DDS, no model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from cass_ros.ros.cameras import STATS_WINDOW_S, Camera, CameraBoard
+from cass_ros.ros.inputs.cameras import STATS_WINDOW_S, Camera, CameraBoard
 
 
 def test_the_newest_frame_wins_and_replaced_ones_count_as_dropped() -> None:

@@ -15,7 +15,7 @@ from node_harness import ros_available
 from cass_ros.core.config import ConfigError
 from cass_ros.core.depth import DepthError, Intrinsics, labelled_points, object_geometry
 from cass_ros.ros import params as node_params
-from cass_ros.ros.depth_input import (DEPTH_BUFFER, DepthInput, closest_within, depth_to_metres)
+from cass_ros.ros.inputs.depth import (DEPTH_BUFFER, DepthInput, closest_within, depth_to_metres)
 
 K = [100.0, 0.0, 3.5, 0.0, 110.0, 2.5, 0.0, 0.0, 1.0]
 
@@ -219,7 +219,7 @@ def test_cloud_message_layout_and_round_trip() -> None:
     from sensor_msgs.msg import PointField
     from std_msgs.msg import Header
 
-    from cass_ros.ros.depth_messages import cloud_msg, cloud_points
+    from cass_ros.ros.outputs.depth import cloud_msg, cloud_points
 
     labels, depth, cam = _scene()
     conf = np.linspace(0, 1, labels.size, dtype=np.float32).reshape(labels.shape)
@@ -245,7 +245,7 @@ def test_detections_3d_one_per_present_class_with_depth() -> None:
     from std_msgs.msg import Header
 
     from cass_ros.core.result import SegmentationResult, label_statistics
-    from cass_ros.ros.depth_messages import detections_3d_msg
+    from cass_ros.ros.outputs.depth import detections_3d_msg
 
     labels, depth, cam = _scene()
     depth[4:, :3] = np.nan                        # class 2: present, but no valid depth

@@ -1,5 +1,5 @@
 """/diagnostics and the summary line (docs/ros-interface.md, "Diagnostics
-and log") built by cass_ros.ros.diagnostics from plain statistics: the
+and log") built by cass_ros.ros.outputs.diagnostics from plain statistics: the
 level table in order, the key/value pairs, no DDS needed."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ pytest.importorskip("diagnostic_msgs")
 from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 
-from cass_ros.ros.cameras import Camera  # noqa: E402
-from cass_ros.ros.diagnostics import (Facts, diagnostic_array, level_and_message,  # noqa: E402
+from cass_ros.ros.inputs.cameras import Camera  # noqa: E402
+from cass_ros.ros.outputs.diagnostics import (Facts, diagnostic_array, level_and_message,  # noqa: E402
                                       summary_line)
 
 FACTS = Facts(device="cpu", model="tiny", prompt_id=3, classes=2)

@@ -161,8 +161,8 @@ _WHY = ros_available()
 @pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 def test_every_layout_topic_is_one_the_node_has(layout: dict[str, Any], ros_domain: int,
                                                 tiny_weights: tuple[str, str]) -> None:
-    from cass_ros.ros.node import CassNode
-    from cass_ros.ros.vision import vision_msgs_missing
+    from cass_ros.ros.wiring.node import CassNode
+    from cass_ros.ros.outputs.vision import vision_msgs_missing
 
     missing = vision_msgs_missing()
     if missing is not None:

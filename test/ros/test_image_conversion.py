@@ -1,4 +1,4 @@
-"""cass_ros.ros.image_conversion without ROS: every encoding, padded rows, bad
+"""cass_ros.ros.inputs.image_conversion without ROS: every encoding, padded rows, bad
 frames, compressed images, and the output fields."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cass_ros.ros.image_conversion import (ImageConversionError, compressed_to_rgb, fields_from_rgb,
+from cass_ros.ros.inputs.image_conversion import (ImageConversionError, compressed_to_rgb, fields_from_rgb,
                                        labels_to_fields, raw_to_rgb, rgb_to_fields, to_rgb)
 
 RNG = np.random.default_rng(0)

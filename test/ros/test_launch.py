@@ -4,7 +4,7 @@ With launch_pytest (ROS 2 installs) the launch file is started for real and
 its outputs checked. Here launch, launch_ros and launch_pytest have no
 wheels: those tests skip, and test_node_process.py starts the installed
 cass_node with the parameters the launch file would set
-(cass_ros.ros.launch_args), the same start-up path.
+(cass_ros.ros.wiring.launch_args), the same start-up path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cass_ros.ros.launch_args import LAUNCH_ARGUMENTS
+from cass_ros.ros.wiring.launch_args import LAUNCH_ARGUMENTS
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / "launch" / "cass.launch.py"
 REQUIRED = {"params_file", "image_topics", "prompts", "device", "namespace", "use_sim_time"}
@@ -43,7 +43,7 @@ def test_launch_file_structure() -> None:
     for item in (("launch", "LaunchDescription"), ("launch.actions", "DeclareLaunchArgument"),
                  ("launch.actions", "OpaqueFunction"), ("launch_ros.actions", "Node"),
                  ("launch.substitutions", "LaunchConfiguration"),
-                 ("cass_ros.ros.launch_args", "node_overrides")):
+                 ("cass_ros.ros.wiring.launch_args", "node_overrides")):
         assert item in imported, item
     assert set(LAUNCH_ARGUMENTS) >= REQUIRED
     text = LAUNCH_FILE.read_text()
@@ -84,7 +84,7 @@ if HAVE_LAUNCH:
         from std_msgs.msg import Header
 
         from cass_ros.msg import ClassTable, ObjectPresenceArray
-        from cass_ros.ros.messages import image_from_rgb
+        from cass_ros.ros.outputs.messages import image_from_rgb
 
         rclpy.init()
         node = rclpy.create_node("launch_test")

@@ -21,7 +21,7 @@ from node_harness import (Harness, image_msg, ros_available, rss_kib, stamp_ns, 
                           stop_node, unique_namespace, wait_log)
 from test_launch import HAVE_LAUNCH, LAUNCH_FILE, SKIP_REASON
 
-from cass_ros.ros.launch_args import node_overrides, ros_args
+from cass_ros.ros.wiring.launch_args import node_overrides, ros_args
 
 _WHY = ros_available()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
@@ -148,7 +148,7 @@ class Managed:
 def test_board_clear_forgets_pending_frames() -> None:
     """Deactivate forgets the frames not taken yet (stale on activation);
     the counters stay."""
-    from cass_ros.ros.cameras import CameraBoard
+    from cass_ros.ros.inputs.cameras import CameraBoard
 
     board: CameraBoard[str] = CameraBoard(["a", "b"], ["/a", "/b"])
     for cam, msg in zip(board.cameras, ("frame a", "frame b")):
@@ -362,7 +362,7 @@ def test_cuda_memory_released(ros_domain: int, tiny_weights: tuple[str, str]) ->
     from sensor_msgs.msg import Image
 
     from cass_ros.msg import ObjectPresenceArray
-    from cass_ros.ros.lifecycle_node import CassLifecycleNode
+    from cass_ros.ros.wiring.lifecycle_node import CassLifecycleNode
 
     mib = 2**20
     ns = unique_namespace("cass_managed_cuda")
@@ -405,7 +405,7 @@ def test_cuda_memory_released(ros_domain: int, tiny_weights: tuple[str, str]) ->
 # ------------------------------------------------------------------ launch file
 
 def test_launch_flags() -> None:
-    from cass_ros.ros.launch_args import LAUNCH_ARGUMENTS, launch_flag
+    from cass_ros.ros.wiring.launch_args import LAUNCH_ARGUMENTS, launch_flag
 
     assert {"managed", "autostart"} <= set(LAUNCH_ARGUMENTS)
     assert [launch_flag("managed", v) for v in ("true", "True", "1", "false", "0", "", True)] \

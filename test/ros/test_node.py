@@ -42,7 +42,7 @@ def live(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
     from std_msgs.msg import String
 
     from cass_ros.msg import ClassTable, ObjectPresenceArray
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     ns = unique_namespace("cass_live")
     h = Harness(ros_domain, ns)
@@ -90,7 +90,7 @@ def _outputs(live: Any, cam: str, stamp: int, timeout: float = 30.0) -> tuple[An
 
 
 def _outputs_of(live: Any, cam: str) -> Any:
-    """The node's publishers of camera ``cam`` (frame_worker.CameraOutputs)."""
+    """The node's publishers of camera ``cam`` (outputs.publishers.CameraOutputs)."""
     names = [s["camera"] for s in live.node.camera_stats()]
     return live.node._outputs[names.index(cam)]
 
@@ -101,7 +101,7 @@ def _stats(live: Any, cam: str) -> dict[str, Any]:
 
 def check_consistent(labels_msg: Any, objects_msg: Any, min_pixels: int = 1) -> np.ndarray:
     """The objects message says exactly what the label image shows."""
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     labels = labels_from_msg(labels_msg)
     names = list(objects_msg.class_names)
@@ -190,7 +190,7 @@ def test_overlay_only_while_subscribed(live: Any) -> None:
     assert (color.height, color.width, color.encoding, color.step) == (H, W, "rgb8", W * 3)
     assert color.header.frame_id == "front_optical"
     labels, _ = _outputs(live, "front", stamp)
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     lab = labels_from_msg(labels)
     img = np.frombuffer(color.data, np.uint8).reshape(H, W, 3)
@@ -359,7 +359,7 @@ def test_algorithm_parameters_apply_at_run_time(live: Any) -> None:
     """A near-flat softmax (tiny logit scale) under a high threshold sends
     every pixel to background; the settings swap in without a new prompt_id
     and go back the same way."""
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     prompt_id = _current_id(live)
     results = _set_params(live, logit_scale=0.001, prob_threshold=0.9)
@@ -389,7 +389,7 @@ def test_temporal_parameters_take_effect_at_run_time(live: Any) -> None:
     """Hysteresis and smoothing switched on with ros2 param set: the next
     frame starts the camera's stream (nothing present yet, labels as per
     frame), the following ones carry its history; off again is per frame."""
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     a, b = _frame(), _frame()
     raw_a = labels_from_msg(_outputs(live, "front", _send(live, "front", a))[0])

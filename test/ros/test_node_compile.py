@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from node_harness import ros_available, start_node, stop_node, unique_namespace, wait_log
 
-from cass_ros.ros.launch_args import ros_args
+from cass_ros.ros.wiring.launch_args import ros_args
 
 _WHY = ros_available()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")

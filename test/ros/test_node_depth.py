@@ -77,7 +77,7 @@ def live(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
     from sensor_msgs.msg import CameraInfo, Image
 
     from cass_ros.msg import ObjectPresenceArray
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     ns = unique_namespace("cass_depth")
     h = Harness(ros_domain, ns)
@@ -138,7 +138,7 @@ def test_objects_and_detections_3d_with_matched_depth(live: Any) -> None:
                                  "(../shared/ros2); test_without_vision_msgs covers the rest")
     Detection3DArray = vision.Detection3DArray
 
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     live.h.subscribe(Detection3DArray, "cass/front/detections_3d")
     stamp = _next_stamp(live)
@@ -183,8 +183,8 @@ def test_objects_and_detections_3d_with_matched_depth(live: Any) -> None:
 def test_cloud_only_while_subscribed(live: Any) -> None:
     from sensor_msgs.msg import PointCloud2
 
-    from cass_ros.ros.depth_messages import cloud_points
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.depth import cloud_points
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     outputs = live.node._outputs[0]
     assert outputs.points.get_subscription_count() == 0
@@ -244,7 +244,7 @@ def test_without_vision_msgs(live: Any, tiny_weights: tuple[str, str],
     why; the objects' 3D fields and the cloud still work."""
     import sys
 
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     monkeypatch.setitem(sys.modules, "vision_msgs", None)
     monkeypatch.setitem(sys.modules, "vision_msgs.msg", None)

@@ -42,7 +42,7 @@ def live(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
     from sensor_msgs.msg import CameraInfo, Image
 
     from cass_ros.msg import InstanceArray
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     clip, dino = tiny_weights
     args = ["--ros-args", "--params-file", str(CONFIG),
@@ -114,7 +114,7 @@ def _regions(labels: np.ndarray) -> set[frozenset[int]]:
 def test_instance_image_and_objects(live: Any) -> None:
     from sensor_msgs.msg import Image
 
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     live.h.subscribe(Image, "cass/front/instances")
     live.h.wait_subscribers(live.node._outputs[0].instances)
@@ -178,7 +178,7 @@ def test_detections_per_instance(live: Any) -> None:
 def test_instance_3d_equals_a_back_projection(live: Any) -> None:
     from rclpy.parameter import Parameter
 
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     live.node.set_parameters([Parameter("instance_depth_jump", value=0.2)])
     try:

@@ -63,7 +63,7 @@ def live(ros_domain: int, tiny_weights: tuple[str, str], tmp_path_factory: Any) 
     from sensor_msgs.msg import CameraInfo, Image
 
     from cass_ros.msg import ClassTable
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     table = tmp_path_factory.mktemp("mappers") / "colors" / "classes.csv"
     clip, dino = tiny_weights
@@ -126,7 +126,7 @@ def test_nothing_is_built_without_subscribers(live: Any) -> None:
     for pub in (out.camera_info, out.confidence, out.mask):
         assert pub is not None and pub.get_subscription_count() == 0
     calls = []
-    import cass_ros.ros.mapper_outputs as mo
+    import cass_ros.ros.outputs.mappers as mo
 
     original = mo.class_mask
     mo.class_mask = lambda *a: calls.append(a) or original(*a)
@@ -171,7 +171,7 @@ def test_confidence_is_the_own_label_probability(live: Any) -> None:
     from sensor_msgs.msg import Image
 
     from cass_ros.msg import ObjectPresenceArray
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     _listen(live, Image, "cass/front/confidence", live.node._outputs[0].confidence)
     live.h.subscribe(ObjectPresenceArray, "cass/front/objects")
@@ -195,7 +195,7 @@ def test_confidence_is_the_own_label_probability(live: Any) -> None:
 def test_mask_is_the_label_image_of_mask_classes(live: Any) -> None:
     from sensor_msgs.msg import Image
 
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     _listen(live, Image, "cass/front/mask", live.node._outputs[0].mask)
     stamp, labels_msg = _send(live)
@@ -215,7 +215,7 @@ def test_mask_is_the_label_image_of_mask_classes(live: Any) -> None:
 def test_cloud_rgb_is_the_class_colour(live: Any) -> None:
     from sensor_msgs.msg import PointCloud2
 
-    from cass_ros.ros.depth_messages import cloud_points
+    from cass_ros.ros.outputs.depth import cloud_points
 
     _listen(live, PointCloud2, "cass/front/points", live.node._outputs[0].points)
     stamp, _ = _send(live)

@@ -1,7 +1,7 @@
 """cass_node as users start it: the installed executable with
 ``--ros-args --params-file config/cass.yaml -p ...`` in its own process.
 
-The ``-p`` arguments come from cass_ros.ros.launch_args, which the launch
+The ``-p`` arguments come from cass_ros.ros.wiring.launch_args, which the launch
 file uses too, so this is the launch file's start-up path where launch
 itself is not installed. Covers compressed input, a flood of frames with
 flat memory, SIGINT, and the one-line start-up failures (no prompts is
@@ -21,7 +21,7 @@ import pytest
 from node_harness import (CONFIG, Harness, ros_available, rss_kib, stamp_ns, start_node,
                           stop_node, unique_namespace)
 
-from cass_ros.ros.launch_args import node_overrides, ros_args
+from cass_ros.ros.wiring.launch_args import node_overrides, ros_args
 
 _WHY = ros_available()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")

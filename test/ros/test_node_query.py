@@ -42,7 +42,7 @@ def live(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
     from sensor_msgs.msg import Image
 
     from cass_ros.msg import ClassTable, ObjectPresenceArray
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
     from cass_ros.srv import Describe, Query
 
     ns = unique_namespace("cass_query")
@@ -79,8 +79,8 @@ def _send(live: Any, pub: Any = None, key: str = "cass/front/segmentation") -> A
 
 
 def test_query_labels_equal_a_node_started_with_those_prompts(live: Any) -> None:
-    from cass_ros.ros.messages import labels_from_msg
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.outputs.messages import labels_from_msg
+    from cass_ros.ros.wiring.node import CassNode
 
     labels_msg = _send(live)
     live.h.wait_message("cass/classes")       # the latched table, before counting
@@ -149,7 +149,7 @@ def test_bad_requests_get_one_line_and_the_node_goes_on(live: Any) -> None:
 
 
 def test_no_frame_yet_and_several_cameras(live: Any) -> None:
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
     from cass_ros.srv import Query
 
     ns = unique_namespace("cass_query_two")

@@ -22,7 +22,7 @@ import pytest
 from node_harness import (CONFIG, Harness, ros_available, start_node, stop_node,
                           unique_namespace, wait_log)
 
-from cass_ros.ros.launch_args import ros_args
+from cass_ros.ros.wiring.launch_args import ros_args
 
 READY = "]: ready: "   # the node's ready line (not the segmenter's "CASS segmenter ready")
 _WHY = ros_available()
@@ -116,7 +116,7 @@ def _node_args(tiny_weights: tuple[str, str], prompts: list[str]) -> list[str]:
 
 def test_context_shutdown_stops_the_threads(ros_domain: int,
                                             tiny_weights: tuple[str, str]) -> None:
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     ns = unique_namespace("cass_ctx")
     h = Harness(ros_domain, ns)
@@ -137,8 +137,8 @@ def test_context_shutdown_during_startup_is_a_stop(ros_domain: int,
                                                    tiny_weights: tuple[str, str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from cass_ros.core.segmenter import Segmenter
-    from cass_ros.ros.node import CassNode
-    from cass_ros.ros.stopping import StopRequested
+    from cass_ros.ros.wiring.node import CassNode
+    from cass_ros.ros.wiring.stopping import StopRequested
 
     ns = unique_namespace("cass_ctx")
     h = Harness(ros_domain, ns)
@@ -170,7 +170,7 @@ def test_importing_the_node_loads_no_torch(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", "import sys, cass_ros.ros.node; "
+    proc = subprocess.run([sys.executable, "-c", "import sys, cass_ros.ros.wiring.node; "
                            "print('torch' in sys.modules)"], cwd=tmp_path, env=dict(os.environ),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

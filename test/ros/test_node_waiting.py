@@ -15,7 +15,7 @@ import pytest
 from node_harness import (CONFIG, Harness, image_msg, ros_available, stamp_ns, start_node,
                           stop_node, unique_namespace, wait_log)
 
-from cass_ros.ros.launch_args import ros_args
+from cass_ros.ros.wiring.launch_args import ros_args
 
 READY = "]: ready: "   # the node's ready line (not the segmenter's "CASS segmenter ready")
 _WHY = ros_available()
@@ -30,7 +30,7 @@ def waiting(ros_domain: int, tiny_weights: tuple[str, str]) -> Any:
     from std_msgs.msg import String
 
     from cass_ros.msg import ClassTable, ObjectPresenceArray
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     ns = unique_namespace("cass_wait")
     h = Harness(ros_domain, ns)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-EXECUTABLES = {"cass_node": "cass_ros.ros.node", "cass_bag": "cass_ros.cli.bag",
-               "cass_lifecycle_node": "cass_ros.ros.lifecycle_node",
+EXECUTABLES = {"cass_node": "cass_ros.ros.wiring.node", "cass_bag": "cass_ros.cli.bag",
+               "cass_lifecycle_node": "cass_ros.ros.wiring.lifecycle_node",
                "cass_segment": "cass_ros.cli.segment", "cass_eval": "cass_ros.cli.eval",
                "cass_fleet": "cass_ros.cli.fleet"}
 
@@ -74,11 +74,11 @@ def test_setup_cfg_entry_points_and_scripts() -> None:
     for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
         name, target = (s.strip() for s in line.split("="))
         points[name] = target
-    # the ROS executables go through cass_ros.ros.entry: one line, not a
+    # the ROS executables go through cass_ros.ros.wiring.entry: one line, not a
     # traceback, where ROS or the built messages are missing (issue 18)
     expected = {name: f"{mod}:main" for name, mod in EXECUTABLES.items()}
-    expected.update(cass_node="cass_ros.ros.entry:node_main",
-                    cass_lifecycle_node="cass_ros.ros.entry:lifecycle_main")
+    expected.update(cass_node="cass_ros.ros.wiring.entry:node_main",
+                    cass_lifecycle_node="cass_ros.ros.wiring.entry:lifecycle_main")
     assert points == expected
     assert cfg["metadata"]["name"] == "cass_ros"
     ast.parse((REPO / "setup.py").read_text())

@@ -15,7 +15,7 @@ from cass_ros.ros import params as node_params
 from cass_ros.core import config as core_config
 from cass_ros.core.config import CassConfig, ConfigError, read_settings_file
 from cass_ros.core.prompts import PromptError
-from cass_ros.ros.launch_args import node_overrides, ros_args
+from cass_ros.ros.wiring.launch_args import node_overrides, ros_args
 
 
 def test_yaml_holds_every_parameter_with_the_declared_default() -> None:

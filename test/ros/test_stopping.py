@@ -1,4 +1,4 @@
-"""cass_ros.ros.stopping on its own: the handler unwinds start-up with
+"""cass_ros.ros.wiring.stopping on its own: the handler unwinds start-up with
 StopRequested, only notes a signal once the node spins or cleans up, and
 puts the previous handlers back (docs/ros-interface.md, Executables)."""
 
@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from cass_ros.ros.stopping import StopRequested, StopSignals
+from cass_ros.ros.wiring.stopping import StopRequested, StopSignals
 
 SIG = signal.SIGUSR1        # not the test runner's own SIGINT
 

@@ -1,4 +1,4 @@
-"""The vision_msgs builders (cass_ros.ros.vision; docs/ros-interface.md,
+"""The vision_msgs builders (cass_ros.ros.outputs.vision; docs/ros-interface.md,
 "Standard messages"): one detection per present class with its pixel box,
 class name and mean confidence, the label-info class map, and the real
 rclpy messages (serialized and read back). Expected boxes are computed here
@@ -14,7 +14,7 @@ import pytest
 
 from cass_ros.core.prompts import build_prompt_set, parse_prompt_text
 from cass_ros.core.result import SegmentationResult, label_statistics
-from cass_ros.ros.vision import (detection_id, detections_fields, label_info_fields,
+from cass_ros.ros.outputs.vision import (detection_id, detections_fields, label_info_fields,
                                  vision_msgs_missing)
 
 _MISSING = vision_msgs_missing()
@@ -108,7 +108,7 @@ def test_rclpy_messages_carry_the_fields_and_the_header() -> None:
     from std_msgs.msg import Header
     from vision_msgs.msg import Detection2DArray, LabelInfo
 
-    from cass_ros.ros.vision import detections_msg, label_info_msg
+    from cass_ros.ros.outputs.vision import detections_msg, label_info_msg
 
     result = _result(prompt_id=3)
     header = Header(frame_id="front_optical")

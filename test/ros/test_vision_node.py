@@ -17,7 +17,7 @@ import pytest
 from node_harness import (CONFIG, Harness, image_msg, ros_available, stamp_ns,
                           unique_namespace)
 
-from cass_ros.ros.vision import vision_msgs_missing
+from cass_ros.ros.outputs.vision import vision_msgs_missing
 
 _WHY = ros_available()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
@@ -36,7 +36,7 @@ def _frame() -> np.ndarray:
 
 
 def _start(h: Harness, tiny_weights: tuple[str, str], ns: str) -> Any:
-    from cass_ros.ros.node import CassNode
+    from cass_ros.ros.wiring.node import CassNode
 
     clip, dino = tiny_weights
     args = ["--ros-args", "--params-file", str(CONFIG),
@@ -93,7 +93,7 @@ def _subscribe_detections(live: Any) -> Any:
 
 def _check_detections(det: Any, labels_msg: Any, objects: Any) -> None:
     """The detections say what the label image shows (boxes found here)."""
-    from cass_ros.ros.messages import labels_from_msg
+    from cass_ros.ros.outputs.messages import labels_from_msg
 
     labels = labels_from_msg(labels_msg)
     present = [o for o in objects.objects if o.pixel_count > 0]
@@ -197,7 +197,7 @@ def test_detections_are_built_only_when_wanted(live: Any, monkeypatch: pytest.Mo
                                                ) -> None:
     from rclpy.parameter import Parameter
 
-    from cass_ros.ros import frame_worker
+    from cass_ros.ros.workers import frames as frame_worker
 
     built: list[int] = []
     real = frame_worker.detections_msg

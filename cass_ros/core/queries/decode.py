@@ -7,7 +7,6 @@ query decodes a kept frame's features with other prompts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,14 +14,13 @@ import torch.nn.functional as F
 
 from ..config import CassConfig
 from ..label_stats import device_label_statistics
+from ..prepared_prompts import PreparedPrompts
 from ..presence import adjust_text, class_presence, patch_logits, per_class_max, presence_similarity
 from ..result import SegmentationResult
 from ..temporal import StreamFrame
 from ..timing import StageTimer
 from .features import CropFeatures, ImageFeatures
 
-if TYPE_CHECKING:   # the segmenter imports this module
-    from ..segmenter import PreparedPrompts
 
 
 def decode(features: ImageFeatures, prompts: PreparedPrompts, config: CassConfig,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.depth import DepthError, Intrinsics
+from ...core.depth import DepthError, Intrinsics
 from .image_conversion import _as_bytes_view as as_bytes_view
 
 DEPTH_BUFFER = 10          # depth images kept per camera (the newest)

@@ -14,8 +14,8 @@ from std_msgs.msg import Header
 
 from cass_ros.msg import ClassTable
 
-from ..core.prompt_session import ActivePrompts
-from ..core.visualize import write_color_table
+from ...core.prompt_session import ActivePrompts
+from ...core.visualize import write_color_table
 from .messages import class_table_msg
 from .vision import label_info_msg
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.depth import POINT_DTYPE, ObjectGeometry
-from ..core.result import SegmentationResult
+from ...core.depth import POINT_DTYPE, ObjectGeometry
+from ...core.result import SegmentationResult
 from .vision import detection_id
 
 _ZERO = {"x": 0.0, "y": 0.0, "z": 0.0}
@@ -55,7 +55,7 @@ def detections_3d_from(items: Sequence[tuple[str, str, float, int]], geometry: O
                        header: Any) -> Any:
     """vision_msgs/Detection3DArray of (id, class name, score, row of
     ``geometry``) items; those without valid depth are left out. Serves the
-    per-class detections and the per-instance ones (instance_outputs)."""
+    per-class detections and the per-instance ones (outputs.instances)."""
     from geometry_msgs.msg import Point, Vector3
     from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..core.depth import Intrinsics, nearest_resize
-from ..core.objects.instances import Instances, find_instances
-from ..core.objects.tracks import Track, Tracker
-from ..core.result import SegmentationResult
-from .depth_messages import geometry_fields
+from ...core.depth import Intrinsics, nearest_resize
+from ...core.objects.instances import Instances, find_instances
+from ...core.objects.tracks import Track, Tracker
+from ...core.result import SegmentationResult
+from .depth import geometry_fields
 from .vision import detection_fields
 
 INSTANCE_MODULO = 65535     # instance bits: track id % 65535 + 1 (0 = no instance)

@@ -13,22 +13,21 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from ..core.mapping import class_mask, mask_label_ids, scale_camera_matrices
-from ..core.prompt_session import ActivePrompts
-from ..core.result import SegmentationResult
-from .cameras import Camera
+from ...core.mapping import class_mask, mask_label_ids, scale_camera_matrices
+from ...core.prompt_session import ActivePrompts
+from ...core.result import SegmentationResult
+from ..inputs.cameras import Camera
 from .messages import float_image_msg, mono8_msg
-from .params import RuntimeParams
+from .publishers import CameraOutputs
+from ..params import RuntimeParams
 
-if TYPE_CHECKING:   # frame_worker imports this module
-    from .frame_worker import CameraOutputs
 
 
 class CameraInfos:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .depth_messages import geometry_fields
-from .image_conversion import labels_to_fields, rgb_to_fields
-from ..core.depth import ObjectGeometry
-from ..core.prompts import PromptSet
-from ..core.result import SegmentationResult
-from ..core.visualize import palette
+from .depth import geometry_fields
+from ..inputs.image_conversion import labels_to_fields, rgb_to_fields
+from ...core.depth import ObjectGeometry
+from ...core.prompts import PromptSet
+from ...core.result import SegmentationResult
+from ...core.visualize import palette
 
 
 def objects_fields(result: SegmentationResult, min_pixels: int = 1,
@@ -145,7 +145,7 @@ def class_table_msg(prompt_set: PromptSet, prompt_id: int, header: Any) -> Any:
 
 def image_from_rgb(rgb: np.ndarray, encoding: str, header: Any, step_padding: int = 0) -> Any:
     """An Image message in ``encoding`` showing ``rgb`` (tests, benchmarks)."""
-    from .image_conversion import fields_from_rgb
+    from ..inputs.image_conversion import fields_from_rgb
 
     return _image_msg(fields_from_rgb(rgb, encoding, step_padding), header)
 

@@ -1,19 +1,20 @@
 """The node's per-camera publishers and the QoS of its outputs
 (docs/ros-interface.md, Topics and QoS). The optional groups add theirs in
-their own modules (depth_wiring, mapper_outputs)."""
+their own modules (wiring.depth, outputs.mappers)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from cass_ros.msg import InstanceArray, ObjectPresenceArray
 
-from .cameras import Camera
-from .frame_worker import CameraOutputs
+from ..inputs.cameras import Camera
 
 _RELIABLE = ReliabilityPolicy.RELIABLE
 OUT_IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=_RELIABLE)
@@ -22,6 +23,27 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=_
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 PROMPTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=_RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
+
+
+@dataclass(frozen=True)
+class CameraOutputs:
+    """A camera's publishers: /cass/<cam>/segmentation, .../color, .../objects;
+    .../detections and .../label_info (vision.py) are None without vision_msgs."""
+
+    labels: Publisher
+    color: Publisher
+    objects: Publisher
+    detections: Publisher | None = None
+    label_info: Publisher | None = None
+    detections_3d: Publisher | None = None   # cameras with depth, when vision_msgs is there
+    points: Publisher | None = None          # cameras with depth
+    # outputs for mappers (mappers.py), built only while subscribed
+    camera_info: Publisher | None = None
+    confidence: Publisher | None = None
+    mask: Publisher | None = None
+    # instances and tracks (instances.py)
+    instances: Publisher | None = None
+    instance_objects: Publisher | None = None
 
 
 def camera_outputs(node: Node, cam: Camera[Any], vision_off: str | None) -> CameraOutputs:
@@ -50,4 +72,5 @@ def _vision_outputs(node: Node, base: str, vision_off: str | None) -> dict[str, 
             "label_info": node.create_publisher(LabelInfo, f"{base}/label_info", LATCHED_QOS)}
 
 
-__all__ = ["camera_outputs", "OUT_IMAGE_QOS", "OUT_OBJECTS_QOS", "LATCHED_QOS", "PROMPTS_QOS"]
+__all__ = ["CameraOutputs", "camera_outputs", "OUT_IMAGE_QOS", "OUT_OBJECTS_QOS", "LATCHED_QOS",
+           "PROMPTS_QOS"]

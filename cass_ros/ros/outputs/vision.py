@@ -32,8 +32,8 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.prompts import PromptSet
-from ..core.result import SegmentationResult
+from ...core.prompts import PromptSet
+from ...core.result import SegmentationResult
 
 DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 LABEL_INFO_TYPE = "vision_msgs/msg/LabelInfo"
@@ -95,7 +95,7 @@ def detections_msg(result: SegmentationResult, header: Any, min_pixels: int = 1)
 
 def detections_msg_from(fields: Sequence[dict[str, Any]], header: Any) -> Any:
     """vision_msgs/Detection2DArray of Detection2D field dictionaries (per
-    class: ``detections_fields``; per track: instance_outputs)."""
+    class: ``detections_fields``; per track: instances.py)."""
     from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray,
                                  ObjectHypothesisWithPose)
 

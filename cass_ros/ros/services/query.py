@@ -12,57 +12,29 @@ encoding (cached, core.text).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rclpy.node import Node
 
 from cass_ros.srv import Describe, Query
 
-from ..core.config import ConfigError
-from ..core.prompts import PromptError, check_prompt_set, prompt_set_from_settings
-from ..core.prompts import read_classes_file
-from .in_force import InForce
-from .messages import label_image_msg, objects_msg
+from ...core.config import ConfigError
+from ...core.prompts import PromptError, check_prompt_set, prompt_set_from_settings
+from ...core.prompts import read_classes_file
+from ..workers.in_force import InForce
+from ..workers.kept import KeptFrame, KeptFrames
+from ..outputs.messages import label_image_msg, objects_msg
 
 if TYPE_CHECKING:   # torch: imported where a query needs it, after the parameter checks
-    from ..core.queries.features import ImageFeatures
-    from ..core.queries.vocabulary import VocabularyEncoder
-    from .cameras import Camera
+    from ...core.queries.vocabulary import VocabularyEncoder
+    from ..inputs.cameras import Camera
 
 DEFAULT_TOP_K = 10
 
 
 class QueryError(ValueError):
     """A query that cannot be answered (one line for the response)."""
-
-
-@dataclass(frozen=True)
-class KeptFrame:
-    """A camera's newest segmented frame, as far as queries need it."""
-
-    header: Any                     # std_msgs/Header of the image
-    features: ImageFeatures         # the frame's alone (one image)
-    output_size: str                # what its label image was (runtime output_size)
-
-
-class KeptFrames:
-    """The newest KeptFrame per camera: written by the inference thread,
-    read by the service handlers."""
-
-    def __init__(self, count: int) -> None:
-        self._frames: list[KeptFrame | None] = [None] * count
-        self._lock = threading.Lock()
-
-    def keep(self, index: int, frame: KeptFrame) -> None:
-        with self._lock:
-            self._frames[index] = frame
-
-    def newest(self, index: int) -> KeptFrame | None:
-        with self._lock:
-            return self._frames[index]
 
 
 class QueryServices:
@@ -110,7 +82,7 @@ class QueryServices:
         return response
 
     def _on_describe(self, request: Any, response: Any) -> Any:
-        from ..core.queries.describe import describe
+        from ...core.queries.describe import describe
 
         try:
             frame, in_force = self._frame(request.camera)
@@ -151,8 +123,8 @@ class QueryServices:
     def _entries(self, request: Any, response: Any, in_force: InForce
                  ) -> tuple[list[tuple[str, ...]], Any]:
         """The vocabulary to rank and its text embeddings."""
-        from ..core.queries.describe import name_labels
-        from ..core.queries.vocabulary import VOCABULARY_FILE, VocabularyEncoder, read_vocabulary
+        from ...core.queries.describe import name_labels
+        from ...core.queries.vocabulary import VOCABULARY_FILE, VocabularyEncoder, read_vocabulary
 
         embedder = in_force.segmenter.text_embedder
         if request.names:
@@ -183,4 +155,4 @@ def _failed(response: Any, error: Exception) -> Any:
     return response
 
 
-__all__ = ["QueryServices", "KeptFrame", "KeptFrames", "QueryError"]
+__all__ = ["QueryServices", "QueryError"]

@@ -20,11 +20,11 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-from .cameras import Camera
-from .depth_input import DepthInput
-from .vision import vision_msgs_missing
-from .frame_worker import CameraOutputs
-from .params import RuntimeParams
+from ..inputs.cameras import Camera
+from ..inputs.depth import DepthInput
+from ..outputs.vision import vision_msgs_missing
+from ..outputs.publishers import CameraOutputs
+from ..params import RuntimeParams
 
 DETECTIONS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                             reliability=ReliabilityPolicy.RELIABLE)

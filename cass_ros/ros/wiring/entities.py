@@ -1,7 +1,7 @@
 """The ROS entities one lifecycle step creates, so that its inverse destroys
 exactly those (docs/ros-interface.md, "Managed node"): configure's are
 removed by cleanup, activate's by deactivate, also what other parts
-(depth_wiring, mapper_outputs, query_service) add during the step.
+(wiring.depth, outputs.mappers, services.query) add during the step.
 """
 
 from __future__ import annotations

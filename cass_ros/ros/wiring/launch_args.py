@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..core.prompts import parse_prompt_text
+from ...core.prompts import parse_prompt_text
 
 LAUNCH_ARGUMENTS: dict[str, str] = {
     "params_file": "Parameter file (default: the package's config/cass.yaml)",

@@ -28,8 +28,8 @@ from typing import Any, NoReturn
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from ..core.config import ConfigError
-from ..core.prompts import PromptError
+from ...core.config import ConfigError
+from ...core.prompts import PromptError
 from . import node as plain
 from .model_setup import StartupError, one_line
 from .node import NODE_NAME, CassNodeBase

@@ -13,7 +13,7 @@ import gc
 import sys
 from typing import Any
 
-from ..core.c_heap import malloc_trim
+from ...core.c_heap import malloc_trim
 
 
 def release(device: Any | None, trim: bool) -> None:

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from rclpy.impl.rcutils_logger import RcutilsLogger
 
-from ..core.config import CassConfig, ConfigError
-from . import params as node_params
+from ...core.config import CassConfig, ConfigError
+from .. import params as node_params
 
 if TYPE_CHECKING:  # torch loads in load_segmenter, after the parameter checks
-    from ..core.segmenter import Segmenter
+    from ...core.segmenter import Segmenter
 
 
 class StartupError(RuntimeError):
@@ -28,8 +28,8 @@ def load_segmenter(config: CassConfig) -> Segmenter:
     """The segmenter, or StartupError saying which parameter to change."""
     # Imported here, not at the top: the segmenter imports torch, and
     # importing the node must stay quick (parameter errors in a second).
-    from ..core.models import WeightsError
-    from ..core.segmenter import Segmenter
+    from ...core.models import WeightsError
+    from ...core.segmenter import Segmenter
 
     try:
         return Segmenter(config)

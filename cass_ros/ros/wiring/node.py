@@ -5,11 +5,11 @@ module is the wiring, each concern has its own unit:
 
 - cameras.CameraBoard: subscription callbacks store the newest frame per
   camera and return (an unprocessed older frame is dropped and counted);
-- frame_worker.FrameWorker: one inference thread takes every frame that is
+- workers.frames.FrameWorker: one inference thread takes every frame that is
   ready, converts them, runs them through the segmenter in one call, and
   publishes labels, objects and (when wanted) the colour overlay and the
   vision_msgs detections (vision.py; latched label_info per prompt set);
-- prompt_worker.PromptWorker: prompt changes (topic or parameters) are
+- workers.prompts.PromptWorker: prompt changes (topic or parameters) are
   validated at once, encoded on a separate thread, and swapped in as one
   ActivePrompts (the library's PromptSession) between frames; /cass/classes
   (latched) announces each accepted set. Without prompts the node starts
@@ -49,24 +49,28 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 
-from ..core.config import CassConfig, ConfigError
-from ..core.prompt_session import ActivePrompts
-from ..core.prompts import PromptError, PromptSet, check_prompt_set, parse_prompt_text
-from . import depth_wiring, entities, log_bridge, mapper_outputs, memory
-from .announcer import Announcer
-from . import params as node_params
-from .cameras import Camera, CameraBoard
-from .depth_input import DepthInput
-from .diagnostics import Facts, diagnostic_array, summary_line
-from .frame_worker import FrameWorker, ImageMsg
-from .image_conversion import cv_bridge_available
-from .in_force import InForce
+from ...core.config import CassConfig, ConfigError
+from ...core.prompt_session import ActivePrompts
+from ...core.prompts import PromptError, PromptSet, check_prompt_set, parse_prompt_text
+from . import depth as depth_wiring
+from . import entities
+from . import log_bridge
+from ..outputs import mappers as mapper_outputs
+from . import memory
+from ..outputs.announcer import Announcer
+from .. import params as node_params
+from ..inputs.cameras import Camera, CameraBoard
+from ..inputs.depth import DepthInput
+from ..outputs.diagnostics import Facts, diagnostic_array, summary_line
+from ..workers.frames import FrameWorker, ImageMsg
+from ..inputs.image_conversion import cv_bridge_available
+from ..workers.in_force import InForce
 from .model_setup import StartupError, load_segmenter, log_preset, one_line, warm_up
-from .prompt_worker import PromptWorker, keeping
-from .publishers import LATCHED_QOS, OUT_IMAGE_QOS, PROMPTS_QOS, camera_outputs
-from .query_service import QueryServices
+from ..workers.prompts import PromptWorker, keeping
+from ..outputs.publishers import LATCHED_QOS, OUT_IMAGE_QOS, PROMPTS_QOS, camera_outputs
+from ..services.query import QueryServices
 from .stopping import StopRequested, StopSignals, quick_exit
-from .vision import vision_msgs_missing
+from ..outputs.vision import vision_msgs_missing
 
 if TYPE_CHECKING:  # torch loads in model_setup.load_segmenter, after the parameter checks
     pass

@@ -5,7 +5,7 @@ call, and publish labels, objects and (when wanted) the colour overlay and
 the vision_msgs detections ("Standard messages"). Each camera's temporal
 stream (docs/algorithm.md 5.6) lives here, fed only by this thread.
 With a matched depth image it also publishes the 3D outputs ("Depth to 3D"),
-and, while subscribed, the outputs for mappers (mapper_outputs.py).
+and, while subscribed, the outputs for mappers (outputs/mappers.py).
 """
 
 from __future__ import annotations
@@ -17,49 +17,28 @@ from dataclasses import dataclass
 
 import numpy as np
 from rclpy.impl.rcutils_logger import RcutilsLogger
-from rclpy.publisher import Publisher
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..core.depth import DepthError, ObjectGeometry, labelled_points, nearest_resize, object_geometry
-from ..core.result import SegmentationResult
-from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
-from ..core.visualize import draw_legend, outline_instances, overlay
-from .cameras import Batch, Camera, CameraBoard
-from .depth_input import DepthFrame, DepthInput, Found, stamp_ns
-from .depth_messages import cloud_msg, detections_3d_from, detections_3d_msg
-from .image_conversion import ImageConversionError, to_rgb
-from . import mapper_outputs
+from ...core.depth import DepthError, ObjectGeometry, labelled_points, nearest_resize, object_geometry
+from ...core.result import SegmentationResult
+from ...core.temporal import StreamFrame, TemporalStreams, stamp_seconds
+from ...core.visualize import draw_legend, outline_instances, overlay
+from ..inputs.cameras import Batch, Camera, CameraBoard
+from ..inputs.depth import DepthFrame, DepthInput, Found, stamp_ns
+from ..outputs.depth import cloud_msg, detections_3d_from, detections_3d_msg
+from ..inputs.image_conversion import ImageConversionError, to_rgb
+from ..outputs import mappers as mapper_outputs
+from ..outputs.publishers import CameraOutputs
 from .in_force import Work
-from .query_service import KeptFrame, KeptFrames
-from .instance_outputs import (DepthForInstances, FrameObjects, frame_objects,
+from .kept import KeptFrame, KeptFrames
+from ..outputs.instances import (DepthForInstances, FrameObjects, frame_objects,
                                instance_array_msg, instance_detection_fields, instances_msg)
-from .messages import color_image_msg, label_image_msg, objects_msg
-from .vision import detections_msg, detections_msg_from
+from ..outputs.messages import color_image_msg, label_image_msg, objects_msg
+from ..outputs.vision import detections_msg, detections_msg_from
 
 ImageMsg = Image | CompressedImage
 STOP_WAIT_S = 1.0          # how long a stop waits for a batch in progress
-
-
-@dataclass(frozen=True)
-class CameraOutputs:
-    """A camera's publishers: /cass/<cam>/segmentation, .../color, .../objects;
-    .../detections and .../label_info (vision.py) are None without vision_msgs."""
-
-    labels: Publisher
-    color: Publisher
-    objects: Publisher
-    detections: Publisher | None = None
-    label_info: Publisher | None = None
-    detections_3d: Publisher | None = None   # cameras with depth, when vision_msgs is there
-    points: Publisher | None = None          # cameras with depth
-    # outputs for mappers (mapper_outputs.py), built only while subscribed
-    camera_info: Publisher | None = None
-    confidence: Publisher | None = None
-    mask: Publisher | None = None
-    # instances and tracks (instance_outputs.py)
-    instances: Publisher | None = None
-    instance_objects: Publisher | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +185,7 @@ class FrameWorker:
             # preprocess imports torch: not at module level, so that
             # importing the node loads no torch before its parameters
             # are checked (one-second start-up failures)
-            from ..core.preprocess import resize_short_side
+            from ...core.preprocess import resize_short_side
 
             rgb = resize_short_side(rgb, work.segmenter.config.short_side)
         blended = overlay(rgb, result.labels, work.prompts.colors, runtime.color_alpha)

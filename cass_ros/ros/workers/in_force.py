@@ -13,11 +13,11 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.prompt_session import ActivePrompts, PromptSession
-from .params import RuntimeParams
+from ...core.prompt_session import ActivePrompts, PromptSession
+from ..params import RuntimeParams
 
 if TYPE_CHECKING:  # the segmenter imports torch, which loads after the parameter checks
-    from ..core.segmenter import Segmenter
+    from ...core.segmenter import Segmenter
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from rclpy.impl.rcutils_logger import RcutilsLogger
 
-from ..core.config import CassConfig
-from ..core.prompt_session import ActivePrompts, PromptSession
-from ..core.prompts import PromptSet
+from ...core.config import CassConfig
+from ...core.prompt_session import ActivePrompts, PromptSession
+from ...core.prompts import PromptSet
 from .in_force import InForce
 
 Job = Callable[[], None]
