@@ -24,17 +24,34 @@ substitutions (the ``how`` of each case):
   where ros2cli is not installed;
 - ``make demo`` runs with ``DEMO_ARGS='--weights random'`` and an output
   folder here, and without remaking install/ under the running suite;
-  ``make test`` is only dry-run (it is the command running this test).
+  ``make test`` is only dry-run (it is the command running this test);
+- the cluster block (``ray start --head``, ``ray start --address``,
+  ``cass_fleet --address``, ``ray stop``) runs once, in order, as a head and
+  two joined nodes on this machine (``_cluster``): ``HEAD:6379`` is
+  127.0.0.1 and a free port, each node gets ``--temp-dir`` in a scratch
+  folder and the joined ones ``--num-cpus=1``, ``/shared/`` is a scratch
+  folder, the token a new one in ``RAY_AUTH_TOKEN``; all of it in a PID
+  namespace of its own (``unshare``), so that ``ray stop`` as typed stops
+  this cluster and nothing else of the machine's, and whatever is left
+  when it ends (a failure) is killed.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import csv
+import importlib.util
 import json
+import os
 import re
+import secrets
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +94,7 @@ class Ctx:
         self.harness: Any = None
         self.launch: subprocess.Popen | None = None
         self.launch_log = root / "launch.log"
+        self.cluster: dict[str, Any] | None = None   # the cluster block's run (_cluster)
 
     def scratch(self) -> Path:
         """A new folder with a copy of config/, as the repository root has it."""
@@ -456,6 +474,153 @@ def run_bench_fleet(ctx: Ctx, cmd: str) -> None:
                         r"overhead1_pct=-?[\d.]+", proc.stdout.strip().splitlines()[-1]), proc.stdout
 
 
+# The README's cluster block (cass_fleet), in its order.
+RAY_AUTH = "export RAY_AUTH_MODE=token"
+RAY_HEAD = "ray start --head --port=6379 --num-cpus=0"
+RAY_JOIN = "ray start --address=HEAD:6379"
+FLEET_CLUSTER = ("python -m cass_ros.cli.fleet /shared/recordings/ --out /shared/fleet_out/ "
+                 "--params-file config/cass.yaml --address HEAD:6379 --workers 2")
+RAY_STOP = "ray stop"
+_RAY_NODE = " --disable-usage-stats --object-store-memory=80000000"
+
+
+def _pid_namespace() -> str | None:
+    """None when ``unshare`` gives this user a PID namespace, else why not."""
+    if shutil.which("unshare") is None:
+        return "no unshare(1)"
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true"],
+                          capture_output=True, text=True, timeout=30)
+    return None if proc.returncode == 0 else f"unshare --pid: {proc.stderr.strip()[:200]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_naming(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _cluster(ctx: Ctx) -> dict[str, Any]:
+    """The cluster block run once (module docstring): each step's exit
+    status and output, the scratch folder, whether anything outlived it."""
+    if ctx.cluster is not None:
+        return ctx.cluster
+    why = _pid_namespace()
+    if why:
+        pytest.skip(f"the cluster block needs a PID namespace of its own, so that `ray stop` "
+                    f"stops no other Ray of this machine: {why}")
+    work = ctx.scratch()
+    shared = work / "shared"
+    for name in ("site_a/mon", "site_b/tue"):
+        (shared / "recordings" / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / "recordings" / name).symlink_to(ctx.sample_bag.path, target_is_directory=True)
+    temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))   # short: Ray's Unix sockets
+    head = f"127.0.0.1:{_free_port()}"
+    steps = [
+        ("auth", RAY_AUTH),
+        ("head", RAY_HEAD.replace("--port=6379", f"--port={head.split(':')[1]}")
+         + f" --temp-dir={temp}/head --include-dashboard=false{_RAY_NODE}"),
+        *[(f"join{k}", RAY_JOIN.replace("HEAD:6379", head)
+           + f" --num-cpus=1 --temp-dir={temp}/node{k}{_RAY_NODE}") for k in (1, 2)],
+        ("fleet", FLEET_CLUSTER.replace("/shared/", f"{shared}/").replace("HEAD:6379", head)
+         + f" --set clip_weights={ctx.weights[0]} --set dino_weights={ctx.weights[1]}"
+         " --set device=cpu --set short_side=64 --no-progress"),
+        ("stop", RAY_STOP),
+    ]
+    # each step after the set-up, its output and status in temp/; after a
+    # failed step only `ray stop` runs
+    lines = [f"cd {shlex.quote(str(REPO))} && {ros2_shell.distro_setup_line()}",
+             f"cd {shlex.quote(str(work))}", "ok=1"]
+    for name, cmd in steps:
+        guard = "true" if name == "stop" else '[ "$ok" = 1 ]'
+        lines.append(f"if {guard}; then {cmd} > {temp}/{name}.log 2>&1; rc=$?; "
+                     f"echo $rc > {temp}/{name}.rc; [ $rc = 0 ] || ok=0; fi")
+    # the token the README copies to every machine: one made here, not the
+    # user's ~/.ray/auth_token (never written by the test)
+    env = ros2_shell.user_env(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    try:
+        # PID 1 of the namespace is this bash: when it ends, the kernel kills
+        # whatever is left in it; --kill-child: and when unshare is killed
+        subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                        "bash", "-c", "\n".join(lines)], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=900)
+        deadline = time.monotonic() + 15
+        while _processes_naming(str(temp)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _processes_naming(str(temp))
+        ctx.cluster = {"work": work, "shared": shared, "left": left, "steps": {}}
+        for name, cmd in steps:
+            rc = temp / f"{name}.rc"
+            log = temp / f"{name}.log"
+            ctx.cluster["steps"][name] = (
+                int(rc.read_text()) if rc.is_file() else None, cmd,
+                log.read_text(errors="replace") if log.is_file() else "(not run)")
+    finally:
+        for pid in _processes_naming(str(temp)):   # (none: the namespace's end killed them)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+    return ctx.cluster
+
+
+def _step_ok(ctx: Ctx, name: str) -> str:
+    """The step's output; fails the case, with every step's, when it failed."""
+    steps = _cluster(ctx)["steps"]
+    rc, cmd, out = steps[name]
+    if rc != 0:
+        shown = "\n".join(f"--- {n} (exit {r}): {c}\n{o[-2000:]}" for n, (r, c, o) in steps.items())
+        pytest.fail(f"{name} exited {rc}\n{shown}")
+    return out
+
+
+def run_ray_auth(ctx: Ctx, cmd: str) -> None:
+    _step_ok(ctx, "auth")
+    # in force for the steps after it: the joins and the run were let in
+    _step_ok(ctx, "fleet")
+
+
+def run_ray_head(ctx: Ctx, cmd: str) -> None:
+    assert "Ray runtime started" in _step_ok(ctx, "head")
+
+
+def run_ray_join(ctx: Ctx, cmd: str) -> None:
+    for k in (1, 2):
+        assert "Ray runtime started" in _step_ok(ctx, f"join{k}")
+
+
+def run_fleet_cluster(ctx: Ctx, cmd: str) -> None:
+    _step_ok(ctx, "fleet")
+    out = _cluster(ctx)["shared"] / "fleet_out"
+    doc = json.loads((out / "fleet.json").read_text())
+    assert {b["output"]: b["status"] for b in doc["bags"]} == {"site_a/mon": "done",
+                                                               "site_b/tue": "done"}
+    nodes = [n for b in doc["bags"] for n in b["nodes"]]
+    assert len(nodes) == 2 and len(set(nodes)) == 2, nodes   # a bag on each joined node
+    for name in ("site_a/mon", "site_b/tue"):
+        assert (out / name / "metadata.yaml").is_file()
+    assert not (out / ".fleet_tmp").exists()
+
+
+def run_ray_stop(ctx: Ctx, cmd: str) -> None:
+    out = _step_ok(ctx, "stop")
+    assert re.search(r"Stopped all \d+ Ray processes", out), out
+    assert not _cluster(ctx)["left"], "Ray processes outlived the cluster block's namespace"
+
+
 @dataclass(frozen=True)
 class Case:
     how: str                                  # what the test does with the command
@@ -532,6 +697,16 @@ CASES: dict[str, Case] = {
         Case("shots/ = two small images; + --set tiny weights", run_segment_sets),
     ".venv/bin/python benchmarks/bench_query.py":
         Case("+ --tiny --iters 3 --frames 1 (the tiny models: seconds)", run_bench_query),
+    RAY_AUTH: Case("in the cluster block's shell; RAY_AUTH_TOKEN: a token made for the test "
+                   "(the copied ~/.ray/auth_token)", run_ray_auth),
+    RAY_HEAD: Case("the cluster block, once (module docstring): a free port, --temp-dir here",
+                   run_ray_head),
+    RAY_JOIN: Case("twice, HEAD 127.0.0.1, + --num-cpus=1 --temp-dir here", run_ray_join),
+    FLEET_CLUSTER: Case("/shared/ = a folder here, recordings/ the sample bag twice; + --set "
+                        "tiny weights, device cpu, short side 64; a bag on each joined node",
+                        run_fleet_cluster),
+    RAY_STOP: Case("as typed, in the cluster block's PID namespace: stops its three nodes",
+                   run_ray_stop),
 }
 
 

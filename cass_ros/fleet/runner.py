@@ -132,10 +132,16 @@ class FleetResult:
 
 
 def bag_options(fo: FleetOptions) -> bag_tool.BagToolOptions:
-    """cass_bag's options for every bag (input and outputs set per job)."""
+    """cass_bag's options for every bag (input and outputs set per job).
+    The parameters file is read here, in the driver, and its settings sent
+    with the --set ones after them (cass_bag's order): a worker on another
+    node, in another working folder, needs no copy of it."""
+    settings = dict(fo.settings)
+    if fo.params_file is not None:
+        settings = {**read_settings_file(fo.params_file), **settings}
     return bag_tool.BagToolOptions(
-        input_bag=Path("."), out=Path("."), params_file=fo.params_file, topics=list(fo.topics),
-        settings=dict(fo.settings), storage=fo.storage, color=fo.color,
+        input_bag=Path("."), out=Path("."), params_file=None, topics=list(fo.topics),
+        settings=settings, storage=fo.storage, color=fo.color,
         copy_input=fo.copy_input, progress=False, batch=fo.batch, prefetch=PREFETCH)
 
 
@@ -322,9 +328,25 @@ def connect(address: str | None, temp_dir: Path | None = None) -> bool:
         if e.code == signal.SIGTERM:
             raise KeyboardInterrupt from None
         raise
+    except (ConnectionError, RuntimeError) as e:
+        if not address:
+            raise
+        raise ConfigError(_connect_error(address, e)) from None
     finally:
         sigterm_interrupts()
     return True
+
+
+def _connect_error(address: str, e: BaseException) -> str:
+    """One line for a cluster that cannot be joined, with the token hint
+    where Ray says the token is missing (a cluster started with token
+    authentication, Ray's default for ``ray start --head`` since 2.59)."""
+    text = f"{e} {e.__cause__ or ''}"
+    line = f"cannot connect to the Ray cluster at {address}: {_one_line(e)}"
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        line += ("; it wants its token: RAY_AUTH_MODE=token and the head's ~/.ray/auth_token "
+                 "(or RAY_AUTH_TOKEN) here (README, cass_fleet, cluster)")
+    return line
 
 
 def _own_temp_dir() -> Path:
@@ -549,7 +571,9 @@ def _empty_fields() -> dict[str, Any]:
 
 
 def _job_spec(fo: FleetOptions, job: _Job) -> dict[str, Any]:
-    part = job.dir
+    """What a worker runs. Absolute paths: a worker's working folder is its
+    node's (on a cluster, wherever ``ray start`` ran), not the driver's."""
+    part = job.dir.absolute()
     return {"input": str(job.bag.bag.path), "out": str(part / "bag"),
             "overlays": str(part / "overlays") if fo.overlays else None,
             "summary": str(part / f"summary.{fo.summary}") if fo.summary else None,

@@ -286,3 +286,23 @@ def test_a_signal_before_the_workers_start_ends_as_cleanly(tmp_path, sample_bag_
             assert doc["state"] == "finished" and {b["status"] for b in doc["bags"]} == {"done"}
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_cluster_that_wants_a_token_is_one_line_with_the_fix():
+    """What ray.init raises for a cluster started with token authentication
+    (Ray's default for `ray start --head` since 2.59) when this side has no
+    RAY_AUTH_MODE=token: one line naming the address and what to set."""
+    from cass_ros.fleet import runner
+
+    try:
+        try:
+            raise RuntimeError("Failed to connect to GCS. Last connection error: ... "
+                               "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    except ConnectionError as e:
+        line = runner._connect_error("head:6379", e)
+    assert "\n" not in line and line.startswith("cannot connect to the Ray cluster at head:6379")
+    assert "RAY_AUTH_MODE=token" in line and "~/.ray/auth_token" in line
+    plain = runner._connect_error("head:6379", ConnectionError("Failed to connect"))
+    assert "RAY_AUTH_MODE" not in plain
