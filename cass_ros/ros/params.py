@@ -33,6 +33,7 @@ if TYPE_CHECKING:   # scipy loads with them: not before the parameters are check
 
 TRANSPORTS = ("raw", "compressed")
 DETECTIONS_PER = ("class", "instance")
+FEATURE_DTYPES = ("float16", "float32")
 QOS_CHOICES = ("best_effort", "reliable")
 OUTPUT_SIZES = ("input", "model")
 
@@ -101,6 +102,13 @@ class RuntimeParams:
     publish_instances: bool = False
     detections_per: str = "class"
     overlay_instance_outline: bool = False
+    track_reid_seconds: float = 0.0             # 0 = ended tracks are not re-identified
+    track_reid_min_cosine: float = 0.8
+    # language features (docs/ros-interface.md, "Language features")
+    publish_features: bool = False
+    features_dtype: str = "float16"
+    instance_embeddings: bool = False
+    semantic_inference: bool = False
     # temporal stability (core.temporal.TemporalParams, docs/algorithm.md 5.6)
     temporal_smoothing: float = TemporalParams.smoothing
     temporal_reset_gap_s: float = TemporalParams.reset_gap_s
@@ -162,7 +170,8 @@ class RuntimeParams:
         from ..core.objects.tracks import TrackParams
 
         return TrackParams(self.track_min_iou, self.track_max_missed, self.track_min_hits,
-                           self.track_max_distance_m, self.temporal_reset_gap_s)
+                           self.track_max_distance_m, self.temporal_reset_gap_s,
+                           self.track_reid_seconds, self.track_reid_min_cosine)
 
     def _validate_mapping(self) -> None:
         """Outputs for mappers (docs/ros-interface.md, "Outputs for mappers")."""
@@ -248,6 +257,9 @@ NEEDS: dict[str, tuple[Callable[[Mapping[str, Any]], bool], str]] = {
     "depth": (lambda v: any(v.get("depth_topics") or ()), "depth_topics"),
     "instances and depth": (lambda v: bool(v.get("instances")) and any(v.get("depth_topics") or ()),
                             "instances: true and depth_topics"),
+    "track re-identification": (lambda v: bool(v.get("instances"))
+                                and bool(v.get("track_reid_seconds")),
+                                "instances: true and track_reid_seconds > 0"),
 }
 
 
@@ -333,6 +345,26 @@ NODE_PARAM_SPECS: tuple[ParamSpec, ...] = (
               choices=DETECTIONS_PER, runtime=True, needs="instances"),
     ParamSpec("overlay_instance_outline", RuntimeParams.overlay_instance_outline, "Outline the "
               "instances on the colour overlay", "bool", runtime=True, needs="instances"),
+    ParamSpec("track_reid_seconds", RuntimeParams.track_reid_seconds, "How long (s) an ended "
+              "track's embedding is kept: a new instance of its class that looks like it "
+              "(track_reid_min_cosine) takes its id back; 0 = off", "float", 0.0, 86400.0,
+              runtime=True, needs="instances"),
+    ParamSpec("track_reid_min_cosine", RuntimeParams.track_reid_min_cosine, "Cosine of the "
+              "pooled CLIP embeddings a new instance needs with an ended track to take its id "
+              "back", "float", -1.0, 1.0, runtime=True, needs="track re-identification"),
+    ParamSpec("publish_features", RuntimeParams.publish_features, "Always build "
+              "/cass/<cam>/features (dense language features; otherwise only while it has "
+              "subscribers)", "bool", runtime=True),
+    ParamSpec("features_dtype", RuntimeParams.features_dtype, "Value type of "
+              "/cass/<cam>/features: float16 (half the bytes) or float32", "str",
+              choices=FEATURE_DTYPES, runtime=True),
+    ParamSpec("instance_embeddings", RuntimeParams.instance_embeddings, "Each instance's pooled "
+              "CLIP embedding in /cass/<cam>/instance_objects", "bool", runtime=True,
+              needs="instances"),
+    ParamSpec("semantic_inference", RuntimeParams.semantic_inference, "Publish "
+              "semantic_inference's open-set outputs (FeatureImage, FeatureVectorStamped, the "
+              "EncodeFeature service) for Hydra, Khronos and Clio; needs the "
+              "semantic_inference_msgs package", "bool", needs="instances"),
     ParamSpec("temporal_smoothing", RuntimeParams.temporal_smoothing, "Per-camera moving "
               "average of the class probabilities before the labels: weight of the history, "
               "below 1; 0 = off", "float", 0.0, 1.0, runtime=True),
