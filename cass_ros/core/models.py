@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -43,11 +43,29 @@ class CassModels:
     clip_id: str               # identifies the text tower, for the text-embedding cache
     description: str           # human-readable, for logs and diagnostics
     random_weights: bool = False
+    _sha256: str | None = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device) -> "CassModels":
         self.clip.to(device)
         self.dino.to(device)
         return self
+
+    def weights_sha256(self) -> str:
+        """sha256 (hex) of both backbones' weights as loaded: for every
+        tensor of CLIP's state dict, then DINO's, in key order, its key,
+        dtype, shape and bytes. Equal for equal weights whatever they were
+        loaded from (file, hub, seed), so a map can refuse features of
+        another model (docs/ros-interface.md, "Language features"). Hashed
+        once, on first use (about 1 s for ViT-B/16 + ViT-B/8)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for model in (self.clip, self.dino):
+                for key, tensor in sorted(model.state_dict().items()):
+                    t = tensor.detach().to("cpu").contiguous()
+                    digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+                    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._sha256 = digest.hexdigest()
+        return self._sha256
 
 
 # ---------------------------------------------------------------- CLIP

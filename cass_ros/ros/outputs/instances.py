@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ...core.objects.tracks import Track, Tracker
 from ...core.result import SegmentationResult
 from .depth import geometry_fields
 from .vision import detection_fields
+
+if TYPE_CHECKING:   # torch: loaded by the segmenter, not by this module
+    from ...core.queries.dense import DenseFeatures
 
 INSTANCE_MODULO = 65535     # instance bits: track id % 65535 + 1 (0 = no instance)
 
@@ -37,6 +40,7 @@ class FrameObjects:
     instances: Instances
     tracks: list[Track]          # published tracks (seen this frame, min_hits reached), by id
     index: np.ndarray            # (H, W) int32 instance map at the label image's size
+    embeddings: np.ndarray | None = None   # (count, E) float32 unit pooled features; row i - 1: instance i
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,14 @@ class DepthForInstances:
 
 
 def frame_objects(result: SegmentationResult, runtime: Any, tracker: Tracker, stamp_s: float,
-                  depth: DepthForInstances | None, trim_percent: float) -> FrameObjects:
+                  depth: DepthForInstances | None, trim_percent: float,
+                  dense: DenseFeatures | None = None) -> FrameObjects:
     """The instances of ``result`` (with depth: cut and summarised in 3D at
-    the depth image's size) and the tracker's update with them."""
+    the depth image's size) and the tracker's update with them. With the
+    frame's ``dense`` features, each instance's pooled embedding
+    (core.queries.pooling.pool_regions over its pixels, at the size it was
+    cut at), handed to the tracker for re-identification (docs/algorithm.md
+    11) and kept for the outputs that carry it."""
     params = runtime.instance_params()
     if depth is None:
         instances = find_instances(result.labels, params, result.confidence)
@@ -60,11 +69,17 @@ def frame_objects(result: SegmentationResult, runtime: Any, tracker: Tracker, st
                 else nearest_resize(result.confidence, depth.labels.shape))
         instances = find_instances(depth.labels, params, conf, depth.depth_m, depth.intrinsics,
                                    trim_percent)
-    tracks = tracker.update(instances, result.prompt_id, stamp_s)
+    embeddings = None
+    if dense is not None:
+        from ...core.queries.pooling import pool_regions
+
+        embeddings = pool_regions(dense, instances.index, instances.count,
+                                  instances.boxes).cpu().numpy()               # (count, E)
+    tracks = tracker.update(instances, result.prompt_id, stamp_s, embeddings)
     index = instances.index
     if index.shape != result.labels.shape:
         index = nearest_resize(index, result.labels.shape)
-    return FrameObjects(instances, [t for t in tracks if t.published], index)
+    return FrameObjects(instances, [t for t in tracks if t.published], index, embeddings)
 
 
 def instance_image(labels: np.ndarray, objs: FrameObjects) -> np.ndarray:
@@ -84,9 +99,15 @@ def instance_image_fields(labels: np.ndarray, objs: FrameObjects) -> dict[str, A
             "data": data.tobytes()}
 
 
-def instance_fields(objs: FrameObjects, class_names: list[str]) -> list[dict[str, Any]]:
-    """One cass_ros/Instance per published track, as field dictionaries."""
+def instance_fields(objs: FrameObjects, class_names: list[str],
+                    with_embeddings: bool = False) -> list[dict[str, Any]]:
+    """One cass_ros/Instance per published track, as field dictionaries;
+    ``embedding`` (float32 array) is the instance's pooled embedding with
+    ``with_embeddings`` (instance_embeddings: true), empty otherwise."""
     inst = objs.instances
+    none = np.zeros(0, np.float32)
+    if with_embeddings and objs.embeddings is None:
+        raise ValueError("instance embeddings asked for a frame without dense features")
     out = []
     for t in objs.tracks:
         i = t.instance
@@ -99,6 +120,8 @@ def instance_fields(objs: FrameObjects, class_names: list[str]) -> list[dict[str
                      "do_rectify": False},
             "age": int(t.age), "frames_since_seen": int(t.missed),
             **geometry_fields(inst.geometry, i),
+            "embedding": (np.ascontiguousarray(objs.embeddings[i - 1], np.float32)
+                          if with_embeddings else none),
         })
     return out
 
@@ -125,7 +148,8 @@ def instances_msg(labels: np.ndarray, objs: FrameObjects, header: Any) -> Any:
     return msg
 
 
-def instance_array_msg(result: SegmentationResult, objs: FrameObjects, header: Any) -> Any:
+def instance_array_msg(result: SegmentationResult, objs: FrameObjects, header: Any,
+                       with_embeddings: bool = False) -> Any:
     """cass_ros/InstanceArray of the published tracks."""
     from cass_ros.msg import Instance, InstanceArray
     from geometry_msgs.msg import Point
@@ -134,9 +158,10 @@ def instance_array_msg(result: SegmentationResult, objs: FrameObjects, header: A
     msg = InstanceArray(header=header, prompt_id=int(result.prompt_id),
                         class_names=list(result.class_names))
     items = []
-    for f in instance_fields(objs, result.class_names):
+    for f in instance_fields(objs, result.class_names, with_embeddings):
         f = dict(f, bbox=RegionOfInterest(**f["bbox"]),
-                 **{k: Point(**f[k]) for k in ("centroid", "box_min", "box_max")})
+                 **{k: Point(**f[k]) for k in ("centroid", "box_min", "box_max")},
+                 embedding=array.array("f", f["embedding"].tobytes()))
         items.append(Instance(**f))
     msg.instances = items
     return msg

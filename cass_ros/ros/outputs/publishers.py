@@ -12,7 +12,7 @@ from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from cass_ros.msg import InstanceArray, ObjectPresenceArray
+from cass_ros.msg import Features, InstanceArray, ObjectPresenceArray
 
 from ..inputs.cameras import Camera
 
@@ -44,11 +44,15 @@ class CameraOutputs:
     # instances and tracks (instances.py)
     instances: Publisher | None = None
     instance_objects: Publisher | None = None
+    # language features (features.py; semantic_inference.py while asked)
+    features: Publisher | None = None
+    feature_image: Publisher | None = None
+    feature_vector: Publisher | None = None
 
 
 def camera_outputs(node: Node, cam: Camera[Any], vision_off: str | None) -> CameraOutputs:
     """A camera's publishers: /cass/<cam>/segmentation, .../color, .../objects,
-    .../instances, .../instance_objects, and the vision_msgs ones unless
+    .../instances, .../instance_objects, .../features, and the vision_msgs ones unless
     ``vision_off`` says why they cannot be."""
     base = f"cass/{cam.name}"
     return CameraOutputs(
@@ -58,6 +62,7 @@ def camera_outputs(node: Node, cam: Camera[Any], vision_off: str | None) -> Came
         instances=node.create_publisher(Image, f"{base}/instances", OUT_IMAGE_QOS),
         instance_objects=node.create_publisher(InstanceArray, f"{base}/instance_objects",
                                                OUT_OBJECTS_QOS),
+        features=node.create_publisher(Features, f"{base}/features", OUT_IMAGE_QOS),
         **_vision_outputs(node, base, vision_off))
 
 

@@ -24,7 +24,7 @@ from ...core.prompts import PromptError, check_prompt_set, prompt_set_from_setti
 from ...core.prompts import read_classes_file
 from ..workers.in_force import InForce
 from ..workers.kept import KeptFrame, KeptFrames
-from ..outputs.messages import label_image_msg, objects_msg
+from ..outputs.messages import float_image_msg, label_image_msg, objects_msg
 
 if TYPE_CHECKING:   # torch: imported where a query needs it, after the parameter checks
     from ...core.queries.vocabulary import VocabularyEncoder
@@ -79,6 +79,8 @@ class QueryServices:
         response.objects = objects_msg(result, frame.header, in_force.runtime.min_pixels).objects
         if request.return_labels:
             response.labels = label_image_msg(result, frame.header)
+        if request.return_similarity:
+            response.similarity = _similarity(frame, seg, prepared, result.labels.shape)
         return response
 
     def _on_describe(self, request: Any, response: Any) -> Any:
@@ -147,6 +149,17 @@ class QueryServices:
             raise QueryError(f"still encoding the vocabulary ({response.encoded} of "
                              f"{response.total} names); ask again")
         return vocabulary.entries, text
+
+
+def _similarity(frame: KeptFrame, segmenter: Any, prepared: Any, size: tuple[int, int]
+                ) -> list[Any]:
+    """One 32FC1 image per class 1 .. K - 1 (core.queries.similarity)."""
+    from ...core.queries.dense import dense_features
+    from ...core.queries.similarity import class_similarity
+
+    dense = dense_features(frame.features, segmenter.clip.patch)[0]
+    maps = class_similarity(dense, prepared, size).cpu().numpy()          # (K - 1, H, W)
+    return [float_image_msg(m, frame.header) for m in maps]
 
 
 def _failed(response: Any, error: Exception) -> Any:

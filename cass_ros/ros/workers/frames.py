@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rclpy.impl.rcutils_logger import RcutilsLogger
@@ -34,8 +35,13 @@ from .in_force import Work
 from .kept import KeptFrame, KeptFrames
 from ..outputs.instances import (DepthForInstances, FrameObjects, frame_objects,
                                instance_array_msg, instance_detection_fields, instances_msg)
+from ..outputs.features import features_fields, features_msg, needs_dense
 from ..outputs.messages import color_image_msg, label_image_msg, objects_msg
 from ..outputs.vision import detections_msg, detections_msg_from
+
+if TYPE_CHECKING:   # torch: loaded with the segmenter, after the parameters are checked
+    from ...core.queries.dense import DenseFeatures
+    from ...core.queries.features import ImageFeatures
 
 ImageMsg = Image | CompressedImage
 STOP_WAIT_S = 1.0          # how long a stop waits for a batch in progress
@@ -133,6 +139,7 @@ class FrameWorker:
             [f.rgb for f in frames], prompts=work.prompts.prepared,
             output_size=work.runtime.output_size, streams=self._stream_frames(frames, work))
         batch_ms = (time.perf_counter() - t0) * 1000.0
+        dense = self._dense(frames, features, work)
         for i, (frame, result, found) in enumerate(zip(frames, results, early)):
             if self._kept is not None:
                 alone = features if len(frames) == 1 else features.image(i)
@@ -140,8 +147,25 @@ class FrameWorker:
                                                            work.runtime.output_size))
             result.prompt_id = work.prompts.prompt_id
             self._publish(frame, result, work, float(result.timings_ms.get("total", batch_ms)),
-                          found or self._find_depth(frame, work))
+                          found or self._find_depth(frame, work), dense[i])
             frame.cam.done(time.monotonic(), frame.received, batch_ms)
+
+    def _features_wanted(self, frame: _Frame, work: Work) -> bool:
+        out = self._outputs[frame.cam.index]
+        return out.features is not None and (work.runtime.publish_features
+                                             or out.features.get_subscription_count() > 0)
+
+    def _dense(self, frames: list[_Frame], features: ImageFeatures, work: Work
+               ) -> list[DenseFeatures | None]:
+        """Each frame's dense features (docs/algorithm.md 10.1) where one of
+        its outputs needs them (outputs.features.needs_dense), else None."""
+        wanted = [needs_dense(work.runtime, self._features_wanted(f, work)) for f in frames]
+        if not any(wanted):
+            return [None] * len(frames)
+        from ...core.queries.dense import dense_features
+
+        dense = dense_features(features, work.segmenter.clip.patch)
+        return [d if w else None for d, w in zip(dense, wanted)]
 
     def _stream_frames(self, frames: list[_Frame], work: Work) -> list[StreamFrame] | None:
         """Each frame's place in its camera's temporal stream (None while off)."""
@@ -152,17 +176,23 @@ class FrameWorker:
             runtime.temporal(), runtime.min_pixels)
 
     def _publish(self, frame: _Frame, result: SegmentationResult, work: Work,
-                 inference_ms: float, found: Found | None = None) -> None:
+                 inference_ms: float, found: Found | None = None,
+                 dense: DenseFeatures | None = None) -> None:
         out = self._outputs[frame.cam.index]
         header, runtime = frame.header, work.runtime
         out.labels.publish(label_image_msg(result, header))
+        if dense is not None and out.features is not None and self._features_wanted(frame, work):
+            models = work.segmenter.models
+            out.features.publish(features_msg(features_fields(
+                dense, result.labels.shape, models.clip_id, models.weights_sha256(),
+                runtime.features_dtype), header))
         if self._infos is not None:
             mapper_outputs.publish(out, header, result, work.prompts, runtime, self._infos,
                                    frame.cam.index, self._log)
         d3 = self._geometry(frame, result, work, found)
         out.objects.publish(objects_msg(result, header, runtime.min_pixels, inference_ms,
                                         d3.geometry if d3 else None))
-        objs = self._instances(frame, result, work, d3)
+        objs = self._instances(frame, result, work, d3, dense)
         if d3 is not None:
             self._publish_3d(out, frame, result, work, d3, objs)
         # Built like the overlay: only when someone listens, or when asked to.
@@ -198,7 +228,7 @@ class FrameWorker:
     # ------------------------------------------------------ instances and tracks
 
     def _instances(self, frame: _Frame, result: SegmentationResult, work: Work,
-                   d3: _Depth3D | None) -> FrameObjects | None:
+                   d3: _Depth3D | None, dense: DenseFeatures | None) -> FrameObjects | None:
         """The frame's instances and published tracks, and their two topics
         (docs/ros-interface.md, "Instances and tracks"); None while off."""
         runtime = work.runtime
@@ -210,10 +240,15 @@ class FrameWorker:
                                                           d3.labels)
         objs = frame_objects(result, runtime, tracker,
                              stamp_seconds(frame.header.stamp.sec, frame.header.stamp.nanosec),
-                             depth, runtime.depth_trim_percent)
+                             depth, runtime.depth_trim_percent, dense)
         out = self._outputs[frame.cam.index]
         if out.instance_objects is not None:
-            out.instance_objects.publish(instance_array_msg(result, objs, frame.header))
+            out.instance_objects.publish(instance_array_msg(
+                result, objs, frame.header, runtime.instance_embeddings and dense is not None))
+        if out.feature_image is not None and dense is not None:
+            from ..outputs import semantic_inference   # semantic_inference_msgs: only when asked
+
+            semantic_inference.publish(out, frame.header, objs, dense)
         if out.instances is not None and (runtime.publish_instances
                                           or out.instances.get_subscription_count() > 0):
             out.instances.publish(instances_msg(result.labels, objs, frame.header))
