@@ -14,6 +14,10 @@ module is the wiring, each concern has its own unit:
   ActivePrompts (the library's PromptSession) between frames; /cass/classes
   (latched) announces each accepted set. Without prompts the node starts
   and waits for them ("No prompts at start-up");
+- outputs.semantic_inference and services.encode_feature: with
+  ``semantic_inference: true``, semantic_inference's open-set topics and its
+  EncodeFeature service for Hydra, Khronos and Clio (one log line when the
+  semantic_inference_msgs package is missing);
 - diagnostics: a timer publishes /diagnostics and logs a summary line;
 - stopping: SIGINT, SIGTERM or the context shut down stop it at once,
   during start-up as in steady state.
@@ -56,6 +60,7 @@ from . import depth as depth_wiring
 from . import entities
 from . import log_bridge
 from ..outputs import mappers as mapper_outputs
+from ..outputs import semantic_inference
 from . import memory
 from ..outputs.announcer import Announcer
 from .. import params as node_params
@@ -68,6 +73,7 @@ from ..workers.in_force import InForce
 from .model_setup import StartupError, load_segmenter, log_preset, one_line, warm_up
 from ..workers.prompts import PromptWorker, keeping
 from ..outputs.publishers import LATCHED_QOS, OUT_IMAGE_QOS, PROMPTS_QOS, camera_outputs
+from ..services.encode_feature import EncodeFeatureService
 from ..services.query import QueryServices
 from .stopping import StopRequested, StopSignals, quick_exit
 from ..outputs.vision import vision_msgs_missing
@@ -115,6 +121,7 @@ class CassNodeBase(Node):
         self._depth: DepthInput | None = None
         self._infos: mapper_outputs.CameraInfos | None = None
         self._queries: QueryServices | None = None
+        self._encode_feature: EncodeFeatureService | None = None   # semantic_inference
         self._in_force: InForce | None = None   # None: not configured (no models)
         self._active = False                    # frames are taken and outputs published
         # what configure / activate created: (destroy method, entity)
@@ -234,7 +241,7 @@ class CassNodeBase(Node):
         device = self._in_force.segmenter.device if self._in_force else None
         entities.destroy(self, self._configured_entities)
         self._prompts = self._in_force = self._board = self._frames = self._depth = None
-        self._infos = self._queries = None
+        self._infos = self._queries = self._encode_feature = None
         self._outputs = []
         memory.release(device, trim=True)
 
@@ -264,6 +271,12 @@ class CassNodeBase(Node):
         self._queries = QueryServices(self, self._board.cameras, lambda: self._in_force,
                                       lambda: self._prompt_values["background_classes"],
                                       runtime.vocabulary_file)
+        # semantic_inference's open-set contract: both or neither (attach
+        # logs why when asked for and the package is missing)
+        self._outputs = semantic_inference.attach(self, runtime, self._board.cameras,
+                                                  self._outputs)
+        if self._outputs and self._outputs[0].feature_image is not None:
+            self._encode_feature = EncodeFeatureService(self, lambda: self._in_force)
 
     def _subscribe_camera(self, cam: Camera[ImageMsg], msg_type: type[ImageMsg],
                           qos: QoSProfile) -> Subscription:
