@@ -33,6 +33,7 @@ few frames are enough.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -47,7 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 # the workers' answers).
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+import fleet_probe  # noqa: E402
 import yaml  # noqa: E402
 
 from cass_ros.bag import tool as bag_tool  # noqa: E402
@@ -89,12 +92,15 @@ def bench_cass_bag(bags: list[Path], params: Path, out: Path, once: bool, batch:
             input_bag=bags[0], out=out, params_file=params))
         startup = time.perf_counter() - started
     frames = 0
+    probes = []
     for i, bag in enumerate(bags):
         report = bag_tool.run(bag_tool.BagToolOptions(
             input_bag=bag, out=out / f"{i}", params_file=params, progress=False, batch=batch),
             segmenter)
         frames += report.frames_out
-    return {"wall": time.perf_counter() - started, "startup": startup, "frames": frames}
+        probes.append(fleet_probe.last())
+    return {"wall": time.perf_counter() - started, "startup": startup, "frames": frames,
+            "probes": probes}
 
 
 def bench_fleet(bag_root: Path, params: Path, out: Path, workers: int, gpus: float = 0.0,
@@ -104,10 +110,34 @@ def bench_fleet(bag_root: Path, params: Path, out: Path, workers: int, gpus: flo
                              batch=batch)
     runner.check_settings(fo)
     manifest = Manifest.open(out, runner.fleet_fingerprint(fo))
+    probe_dir = Path(os.environ[fleet_probe.PROBE_DIR])
+    before = set(probe_dir.iterdir())
     result = runner.run_fleet(fo, manifest)
     if result.failed or result.interrupted:
         raise SystemExit(f"bench_fleet: the fleet run failed: {manifest.counts()}")
-    return {"wall": result.seconds, "startup": result.startup_seconds, "frames": result.frames}
+    probes = [json.loads(f.read_text()) for f in sorted(set(probe_dir.iterdir()) - before)]
+    return {"wall": result.seconds, "startup": result.startup_seconds, "frames": result.frames,
+            "probes": probes}
+
+
+def components(name: str, r: dict) -> str:
+    """A row of the second table: per frame, where the time went (summed
+    over the bags, and over the workers: CPU seconds, not wall), and what
+    the processes that ran the model ran with."""
+    probes, n = r["probes"], max(1, r["frames"])
+    part = {k: sum(p["parts"].get(k, [0.0, 0.0])[0] for p in probes) * 1000 / n
+            for k in ("decode", "model", "write")}
+    cpu = {k: sum(p["parts"].get(k, [0.0, 0.0])[1] for p in probes) * 1000 / n
+           for k in ("decode", "model", "write")}
+    user = sum(p["user"] for p in probes) * 1000 / n
+    system = sum(p["sys"] for p in probes) * 1000 / n
+    envs = {(p["env"]["nice"], p["env"]["torch_threads"], p["env"]["omp_max_threads"],
+             p["env"]["OMP_NUM_THREADS"]) for p in probes}
+    env = "; ".join(f"nice {a}, torch {b}, omp {c}, OMP_NUM_THREADS {d}" for a, b, c, d in
+                    sorted(envs, key=str))
+    return (f"| {name} | {part['decode']:.0f} ({cpu['decode']:.0f}) | {part['model']:.0f} "
+            f"({cpu['model']:.0f}) | {part['write']:.1f} ({cpu['write']:.1f}) | {user:.0f} "
+            f"| {system:.1f} | {env} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         # and so is this one for its first model (no warm-up favours either).
         fleet_rows = []
         # the workers import this tree's cass_ros too, wherever this runs from
-        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        path = os.pathsep.join(filter(None, [str(REPO), str(REPO / "benchmarks"),
+                                             os.environ.get("PYTHONPATH")]))
+        probe_dir = base / "probes"
+        probe_dir.mkdir()
+        os.environ[fleet_probe.PROBE_DIR] = str(probe_dir)
+        fleet_probe.install()            # here: the plain pipeline's runs
+        # cass_fleet's own local Ray settings (the workers' niceness)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+                 _system_config=runner.local_system_config(),
+                 runtime_env={"env_vars": {"PYTHONPATH": path, fleet_probe.PROBE_DIR:
+                                           str(probe_dir)},
+                              "worker_process_setup_hook": "fleet_probe.install"})
         try:
             for n in args.workers:
                 fleet_rows.append((f"cass_fleet --workers {n}", str(n), bench_fleet(
@@ -169,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {workers} | {r['frames']} | {r['wall']:.2f} | {r['startup']:.2f} "
               f"| {fps:.2f} | {overhead:+.1f} % |")
         summary[name] = (fps, overhead)
+    print("\nPer frame, ms (wall, then the calling thread's CPU in brackets): decode "
+          "(image_to_rgb), model (Segmenter.segment), write (cass_bag's output messages and "
+          "the bag's close); the process's user and system CPU; what the model ran with.\n")
+    print("| run | decode | model | write | user | sys | nice, threads in the model's thread |")
+    print("|---|---|---|---|---|---|---|")
+    for name, _, r in rows[1:]:
+        print(components(name, r))
     fleet1 = summary.get("cass_fleet --workers 1", (float("nan"),) * 2)
     fleet2 = summary.get("cass_fleet --workers 2", (float("nan"),) * 2)
     print(f"\nbench_fleet: cass_bag_fps={summary['cass_bag pipeline (model once)'][0]:.2f} "
