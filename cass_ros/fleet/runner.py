@@ -319,7 +319,7 @@ def connect(address: str | None, temp_dir: Path | None = None) -> bool:
     if address:
         kwargs.update(address=address)
     else:
-        kwargs.update(address="local")
+        kwargs.update(address="local", _system_config=local_system_config())
         if temp_dir is not None:
             kwargs.update(_temp_dir=str(temp_dir.absolute()))
     try:
@@ -347,6 +347,17 @@ def _connect_error(address: str, e: BaseException) -> str:
         line += ("; it wants its token: RAY_AUTH_MODE=token and the head's ~/.ray/auth_token "
                  "(or RAY_AUTH_TOKEN) here (README, cass_fleet, cluster)")
     return line
+
+
+def local_system_config() -> dict[str, Any]:
+    """Ray's settings for the local Ray a run starts: its workers at this
+    process's niceness. Ray's default (``worker_niceness`` 15) makes a
+    worker yield the CPUs to any other process that wants them (Ray's own,
+    the driver, whatever else runs on the machine), which a worker that is
+    the run's whole point should not (README, Benchmark: what it costs). A
+    cluster's nodes take it from ``RAY_worker_niceness`` where ``ray start``
+    runs."""
+    return {"worker_niceness": max(0, os.nice(0))}
 
 
 def _own_temp_dir() -> Path:
