@@ -9,7 +9,11 @@ them): whole image (one crop, 21 x 28 patches) and sliding window 224 / 112
 float16), pool_regions over the instances of a label image of discs
 (benchmarks/bench_instances.py's scene, 30 discs by default, with the
 instances' boxes) and both; ms
-median and p99; and the bytes of one frame's dense features. No model runs.
+median and p99; the bytes of one frame's dense features; and the bytes per
+frame of each topic that carries them (serialized by rclpy as published:
+/cass/<cam>/features in both dtypes, the embeddings instance_objects gains
+with ``instance_embeddings``, a /cass/query similarity image per class).
+No model runs.
 
     .venv/bin/python benchmarks/bench_features.py [--frames 200] [--discs 30]
 """
@@ -94,9 +98,43 @@ def main(argv: list[str] | None = None) -> int:
         grid = "x".join(map(str, d32.placement.grid))
         print(f"| {mode} | {grid} | {stat(t32)} | {stat(t16)} | {stat(tpool)} | {stat(both)} "
               f"| {d32.nbytes} | {d16.nbytes} |")
+    topic_bytes(d32, size, n)
     print(f"\nbench_features: whole_ms={summary['whole']:.2f} "
           f"sliding_ms={summary['sliding']:.2f} instances={n}")
     return 0
+
+
+def topic_bytes(dense, size: tuple[int, int], instances: int) -> None:
+    """Bytes per frame of the topics the features add (docs/ros-interface.md,
+    "Language features"), CDR-serialized as they go on the wire and into
+    bags (rosbags, with the repository's msg/ definitions)."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from cass_ros.ros.outputs.features import features_fields
+
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    msg_dir = Path(__file__).resolve().parents[1] / "msg"
+    for name in ("Features", "Instance"):
+        ts.register(get_types_from_msg((msg_dir / f"{name}.msg").read_text(),
+                                       f"cass_ros/msg/{name}"))
+    t = ts.types
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                      frame_id="camera_optical")
+    print("\n| topic | bytes per frame |\n|---|---|")
+    for dtype in ("float16", "float32"):
+        f = features_fields(dense, size, "ViT-B-16:openai", "0" * 64, dtype)
+        msg = t["cass_ros/msg/Features"](
+            header=header, **{k: v for k, v in f.items() if k not in ("data", "image_embedding",
+                                                                      "scale", "offset")},
+            data=np.frombuffer(f["data"], np.uint8), scale=np.asarray(f["scale"]),
+            offset=np.asarray(f["offset"]),
+            image_embedding=np.asarray(f["image_embedding"], np.float32))
+        n = len(ts.serialize_cdr(msg, "cass_ros/msg/Features"))
+        print(f"| /cass/<cam>/features ({dtype}) | {n} |")
+    print(f"| instance_objects: added by instance_embeddings ({instances} instances) "
+          f"| {instances * (4 + 4 * WIDTH)} |")     # a float32[] adds its length and values
+    print(f"| /cass/query similarity, per class (32FC1 {size[1]} x {size[0]}) "
+          f"| {size[0] * size[1] * 4} |")
 
 
 if __name__ == "__main__":
