@@ -169,6 +169,42 @@ def test_query_similarity_is_each_class_best_cosine(live: Any) -> None:
     assert answer.success and len(answer.similarity) == 0
 
 
+def test_re_identification_gets_the_instances_embeddings(live: Any, monkeypatch: Any) -> None:
+    """track_reid_* reach the camera's tracker, and its update receives the
+    frame's instance embeddings (the rows instance_objects carries). The
+    re-identification itself: test/core/test_track_reid.py."""
+    from rclpy.parameter import Parameter
+
+    from cass_ros.core.objects.tracks import Tracker
+
+    seen = []
+    real = Tracker.update
+
+    def spy(self: Any, instances: Any, prompt_id: int, stamp_s: float, embeddings: Any = None
+            ) -> Any:
+        seen.append((self.params, instances, None if embeddings is None else embeddings.copy()))
+        return real(self, instances, prompt_id, stamp_s, embeddings)
+
+    monkeypatch.setattr(Tracker, "update", spy)
+    live.node.set_parameters([Parameter("track_reid_seconds", value=2.5),
+                              Parameter("track_reid_min_cosine", value=0.7)])
+    try:
+        got = _send(live, seed=37, keys=("cass/front/instance_objects",))
+    finally:
+        live.node.set_parameters([Parameter("track_reid_seconds", value=0.0)])
+    params, instances, embeddings = seen[-1]
+    assert (params.reid_seconds, params.reid_min_cosine) == (2.5, 0.7)
+    assert embeddings.shape[0] == instances.count > 0
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    for inst in got["cass/front/instance_objects"].instances:
+        row = [i for i in range(instances.count)
+               if instances.pixel_counts[i] == inst.pixel_count
+               and tuple(instances.boxes[i]) == (inst.bbox.x_offset, inst.bbox.y_offset,
+                                                  inst.bbox.width, inst.bbox.height)]
+        assert len(row) == 1
+        np.testing.assert_allclose(np.asarray(inst.embedding), embeddings[row[0]], atol=1e-6)
+
+
 def test_a_frame_that_needs_no_features_computes_none(live: Any, monkeypatch: Any) -> None:
     from rclpy.parameter import Parameter
 
