@@ -156,3 +156,38 @@ def test_encode_feature_is_phrase_embeddings(recorded: Any, reference: Any) -> N
     assert got["embed_2"].size == 0
     lines = [ln for ln in log.splitlines() if "no embedding for ''" in ln]
     assert len(lines) == 1 and "the prompt is empty" in lines[0]
+
+
+def test_managed_node_makes_them_in_configure_and_cleanup_removes_them(
+        tmp_path_factory: Any, tiny_weights: tuple[str, str], ros_domain: int,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """cass_lifecycle_node with the package: the two topics and the service
+    exist from configure to cleanup (docs/ros-interface.md, "Managed node"),
+    and again after a second configure. Seen from the DDS graph, which
+    needs no message type here."""
+    from lifecycle_msgs.msg import Transition
+    from test_lifecycle import Managed, _args as managed_args
+
+    msgs = semantic_msgs_once(tmp_path_factory)
+    for name in ("AMENT_PREFIX_PATH", "LD_LIBRARY_PATH", "PYTHONPATH"):
+        monkeypatch.setenv(name, msgs.env[name])      # what start_node hands the process
+    clip, dino = tiny_weights
+    m = Managed(ros_domain, managed_args(clip, dino) + ["-p", "instances:=true",
+                                                        "-p", "semantic_inference:=true"],
+                tmp_path / "node.log")
+    try:
+        def present() -> list[bool]:
+            services = {n for n, _ in m.h.node.get_service_names_and_types()}
+            return [f"{m.ns}/cass/semantic/embed" in services,
+                    m.h.node.count_publishers(f"{m.ns}/cass/cam/semantic/image_raw") == 1,
+                    m.h.node.count_publishers(f"{m.ns}/cass/cam/semantic/feature") == 1]
+
+        assert not any(present())
+        for step in ("configure", "cleanup", "configure"):
+            transition = getattr(Transition, f"TRANSITION_{step.upper()}")
+            assert m.transition(transition), step
+            want = step == "configure"
+            m.h.wait_for(lambda w=want: present() == [w] * 3, 30, f"the entities after {step}")
+        assert "outputs are off" not in (tmp_path / "node.log").read_text(errors="replace")
+    finally:
+        m.close()
