@@ -17,13 +17,18 @@ if TYPE_CHECKING:   # torch: loaded by the segmenter, not by this module
 LAYOUT = "HWC"
 
 
-def needs_dense(runtime: Any, features_wanted: bool) -> bool:
+def needs_dense(runtime: Any, features_wanted: bool, semantic_wanted: bool | None = None
+                ) -> bool:
     """Whether a frame's dense features are computed at all: for the
     features topic (``features_wanted``: published always, or subscribed),
     or for what pools them per instance (instance embeddings,
-    re-identification, semantic_inference's FeatureImage). Nothing is added
-    to a frame that needs none of these."""
-    pooled = runtime.instances and (runtime.instance_embeddings or runtime.semantic_inference
+    re-identification, semantic_inference's outputs: ``semantic_wanted``,
+    by default ``runtime.semantic_inference``; the node passes whether its
+    publishers exist and are listened to). Nothing is added to a frame
+    that needs none of these."""
+    if semantic_wanted is None:
+        semantic_wanted = runtime.semantic_inference
+    pooled = runtime.instances and (runtime.instance_embeddings or semantic_wanted
                                     or runtime.track_reid_seconds > 0)
     return bool(features_wanted or pooled)
 

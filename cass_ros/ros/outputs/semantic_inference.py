@@ -168,6 +168,13 @@ def _listened(pub: Any) -> bool:
     return pub is not None and pub.get_subscription_count() > 0
 
 
+def semantic_listened(out: CameraOutputs) -> bool:
+    """Whether a camera's semantic_inference outputs exist (asked for, the
+    package there) and someone listens: only then are the frame's dense
+    features and instance embeddings computed for them."""
+    return _listened(out.feature_image) or _listened(out.feature_vector)
+
+
 def publish(out: CameraOutputs, header: Any, objs: FrameObjects, dense: DenseFeatures) -> None:
     """A frame's FeatureImage and image embedding, each built only while
     someone listens."""
@@ -179,4 +186,4 @@ def publish(out: CameraOutputs, header: Any, objs: FrameObjects, dense: DenseFea
 
 __all__ = ["FEATURE_IMAGE_TOPIC", "FEATURE_VECTOR_TOPIC", "semantic_inference_missing",
            "instance_ids", "feature_image_fields", "feature_vector_fields", "feature_image_msg",
-           "feature_vector_msg", "attach", "publish"]
+           "feature_vector_msg", "attach", "publish", "semantic_listened"]

@@ -36,6 +36,8 @@ from .kept import KeptFrame, KeptFrames
 from ..outputs.instances import (DepthForInstances, FrameObjects, frame_objects,
                                instance_array_msg, instance_detection_fields, instances_msg)
 from ..outputs.features import features_fields, features_msg, needs_dense
+from ..outputs import semantic_inference
+from ..outputs.semantic_inference import semantic_listened
 from ..outputs.messages import color_image_msg, label_image_msg, objects_msg
 from ..outputs.vision import detections_msg, detections_msg_from
 
@@ -159,7 +161,8 @@ class FrameWorker:
                ) -> list[DenseFeatures | None]:
         """Each frame's dense features (docs/algorithm.md 10.1) where one of
         its outputs needs them (outputs.features.needs_dense), else None."""
-        wanted = [needs_dense(work.runtime, self._features_wanted(f, work)) for f in frames]
+        wanted = [needs_dense(work.runtime, self._features_wanted(f, work),
+                              semantic_listened(self._outputs[f.cam.index])) for f in frames]
         if not any(wanted):
             return [None] * len(frames)
         from ...core.queries.dense import dense_features
@@ -245,9 +248,7 @@ class FrameWorker:
         if out.instance_objects is not None:
             out.instance_objects.publish(instance_array_msg(
                 result, objs, frame.header, runtime.instance_embeddings and dense is not None))
-        if out.feature_image is not None and dense is not None:
-            from ..outputs import semantic_inference   # semantic_inference_msgs: only when asked
-
+        if dense is not None and semantic_listened(out):
             semantic_inference.publish(out, frame.header, objs, dense)
         if out.instances is not None and (runtime.publish_instances
                                           or out.instances.get_subscription_count() > 0):
