@@ -18,6 +18,8 @@ module is the wiring, each concern has its own unit:
   ``semantic_inference: true``, semantic_inference's open-set topics and its
   EncodeFeature service for Hydra, Khronos and Clio (one log line when the
   semantic_inference_msgs package is missing);
+- parameter_changes.ParameterChanges: parameter changes and /cass/prompts
+  messages, one validated path, handed to the prompt thread;
 - diagnostics: a timer publishes /diagnostics and logs a summary line;
 - stopping: SIGINT, SIGTERM or the context shut down stop it at once,
   during start-up as in steady state.
@@ -32,7 +34,6 @@ CassNode runs the first three in its constructor.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import time
@@ -42,10 +43,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import rclpy
 import rclpy.subscription
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
@@ -55,7 +54,7 @@ from std_msgs.msg import String
 
 from ...core.config import CassConfig, ConfigError
 from ...core.prompt_session import ActivePrompts
-from ...core.prompts import PromptError, PromptSet, check_prompt_set, parse_prompt_text
+from ...core.prompts import PromptError, PromptSet, check_prompt_set
 from . import depth as depth_wiring
 from . import entities
 from . import log_bridge
@@ -71,10 +70,11 @@ from ..workers.frames import FrameWorker, ImageMsg
 from ..inputs.image_conversion import cv_bridge_available
 from ..workers.in_force import InForce
 from .model_setup import StartupError, load_segmenter, log_preset, one_line, warm_up
-from ..workers.prompts import PromptWorker, keeping
+from ..workers.prompts import PromptWorker
 from ..outputs.publishers import LATCHED_QOS, OUT_IMAGE_QOS, PROMPTS_QOS, camera_outputs
 from ..services.encode_feature import EncodeFeatureService
 from ..services.query import QueryServices
+from .parameter_changes import ParameterChanges
 from .stopping import StopRequested, StopSignals, quick_exit
 from ..outputs.vision import vision_msgs_missing
 
@@ -104,7 +104,7 @@ def image_qos(runtime: node_params.RuntimeParams) -> QoSProfile:
                       else ReliabilityPolicy.BEST_EFFORT)
 
 
-class CassNodeBase(Node):
+class CassNodeBase(ParameterChanges, Node):
     """The node's state and steps, shared by CassNode and the managed
     CassLifecycleNode. The constructor declares the parameters (``_declare``);
     raises StartupError when it cannot, StopRequested when it is stopped."""
@@ -200,13 +200,14 @@ class CassNodeBase(Node):
         msg_type = CompressedImage if runtime.image_transport == "compressed" else Image
         qos = image_qos(runtime)
         with entities.created(self, self._active_entities):
-            self._subscriptions_in = [self._subscribe_camera(cam, msg_type, qos)
+            self._subscriptions_in = [subscribe_camera(self, cam, msg_type, qos, self._on_image)
                                       for cam in self._board.cameras]
             if self._depth is not None:
                 depth_wiring.subscribe(self, self._depth, qos)
             mapper_outputs.subscribe(self, self._infos)
             self._start_workers()
-        self._log_ready(runtime)
+        self.get_logger().info(ready_line(self._board.cameras, self._in_force.session.active,
+                                          self._sub_prompts.topic_name, runtime))
 
     def _deactivate(self) -> None:
         """Stop the inference thread (the batch in progress finishes first:
@@ -278,16 +279,6 @@ class CassNodeBase(Node):
         if self._outputs and self._outputs[0].feature_image is not None:
             self._encode_feature = EncodeFeatureService(self, lambda: self._in_force)
 
-    def _subscribe_camera(self, cam: Camera[ImageMsg], msg_type: type[ImageMsg],
-                          qos: QoSProfile) -> Subscription:
-        if _WITH_INFO:
-            def callback(m: ImageMsg, info: rclpy.subscription.MessageInfo) -> None:
-                self._on_image(m, cam, info)
-        else:  # pragma: no cover - Humble
-            def callback(m: ImageMsg) -> None:
-                self._on_image(m, cam)
-        return self.create_subscription(msg_type, cam.topic, callback, qos)
-
     def _start_workers(self) -> None:
         """On activation: the inference thread, the class table in force
         (prompts accepted while inactive included), diagnostics."""
@@ -305,19 +296,6 @@ class CassNodeBase(Node):
         self._last_summary = time.monotonic()
         self._diag_timer = self.create_timer(DIAG_PERIOD_S, self._publish_diagnostics)
 
-    def _log_ready(self, runtime: node_params.RuntimeParams) -> None:
-        names = ", ".join(f"{c.topic} -> /cass/{c.name}" for c in self._board.cameras)
-        active = self._in_force.session.active
-        if active is None:
-            # the one line that says so; the resolved name includes the namespace
-            prompts = (f"waiting for prompts on {self._sub_prompts.topic_name} or the "
-                       "'prompts' parameter")
-        else:
-            prompts = f"prompt_id {active.prompt_id}: {', '.join(active.class_names[1:])}"
-        self.get_logger().info(
-            f"ready: {names} ({runtime.image_transport}, {runtime.image_qos}); {prompts}; "
-            f"image conversion: {'cv_bridge' if cv_bridge_available() else 'built-in'}")
-
     # ------------------------------------------------------------------ input
 
     def _on_image(self, msg: ImageMsg, cam: Camera[ImageMsg],
@@ -327,82 +305,6 @@ class CassNodeBase(Node):
             return      # a callback already under way while the node deactivates
         board.offer(cam, msg, time.monotonic(), in_force.runtime.max_rate_hz,
                     in_force.waiting, info)
-
-    # ---------------------------------------------------------------- prompts
-
-    def _on_prompt_text(self, msg: String) -> None:
-        """/cass/prompts: the text becomes the ``prompts`` parameter, so the
-        topic and ``ros2 param set`` share one validated path and
-        ``ros2 param get prompts`` shows what is in force."""
-        try:
-            classes = parse_prompt_text(msg.data)
-            check_prompt_set(PromptSet(classes=tuple(classes)))
-        except PromptError as e:
-            self.get_logger().warning(f"prompt message rejected, {self._keeping()}: {e}")
-            return
-        value = ["|".join(names) for names in classes]
-        result = self.set_parameters([Parameter("prompts", Parameter.Type.STRING_ARRAY, value)])[0]
-        if not result.successful:
-            self.get_logger().warning(f"prompt message rejected, {self._keeping()}: "
-                                      f"{result.reason}")
-
-    def _keeping(self) -> str:
-        if self._in_force is None:
-            return "keeping the prompt parameters (node not configured)"
-        return keeping(self._in_force.session)
-
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        changes = _changes(params)
-        if not changes:
-            return SetParametersResult(successful=True)
-        if self._in_force is None:
-            return self._store_unconfigured(changes)
-        try:
-            runtime, prompt_set, config = self._check_changes(changes)
-            new_prompts = prompt_set is not None and self._in_force.session.request(prompt_set)
-        except (ConfigError, PromptError) as e:
-            reason = one_line(str(e))
-            self.get_logger().warning(f"parameter change rejected: {reason}")
-            return SetParametersResult(successful=False, reason=reason)
-        self._in_force.set_runtime(runtime)
-        self._warn_idle(changes)
-        if "color_table_file" in changes:
-            self._write_color_table(self._in_force.session.active)
-        for name in node_params.PROMPT_NAMES:
-            if name in changes:
-                self._prompt_values[name] = changes[name]
-        if config is not None:
-            self.config = config        # what later changes are checked against
-            self._prompts.submit_config(config)
-        if new_prompts:
-            self._prompts.submit_prompts(prompt_set)
-        return SetParametersResult(successful=True)
-
-    def _store_unconfigured(self, changes: dict[str, Any]) -> SetParametersResult:
-        """Not configured (a managed node): the change is checked as
-        configure will read it, then only stored in the parameter."""
-        try:
-            values = dict(node_params.read_all(self), **changes)
-            self._initial_prompt_set(node_params.settings_from_values(values)[0])
-        except (ConfigError, PromptError) as e:
-            reason = one_line(str(e))
-            self.get_logger().warning(f"parameter change rejected: {reason}")
-            return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
-
-    def _warn_idle(self, changes: dict[str, Any]) -> None:
-        """A warning for each parameter this change leaves doing nothing."""
-        values = node_params.read_all(self)   # before the change: it is not applied yet
-        before = set(node_params.idle_settings(values))
-        for line in node_params.idle_settings(dict(values, **changes)):
-            if line not in before:
-                self.get_logger().warning(line)
-
-    def _check_changes(self, changes: dict[str, Any]
-                       ) -> tuple[node_params.RuntimeParams, PromptSet | None, CassConfig | None]:
-        return node_params.check_node_change(
-            dict(dataclasses.asdict(self._in_force.runtime), **self._prompt_values),
-            self._in_force.waiting, self.config, changes)
 
     def _announce(self, active: ActivePrompts) -> None:
         """On the prompt thread, once a set is active: the class table, and
@@ -504,18 +406,29 @@ class CassNode(CassNodeBase):
         self._start_up(self._configure, self._check_stop, self._activate)
 
 
-def _changes(params: Sequence[Parameter]) -> dict[str, Any]:
-    """Our parameters among ``params``, string arrays as lists of str."""
-    changes = {}
-    for p in params:
-        spec = node_params.SPECS.get(p.name)
-        if spec is None:
-            continue
-        value = p.value
-        if spec.kind == "list":
-            value = [] if value is None else [str(v) for v in value]
-        changes[p.name] = value
-    return changes
+def ready_line(cameras: Sequence[Camera[ImageMsg]], active: ActivePrompts | None,
+               prompts_topic: str, runtime: node_params.RuntimeParams) -> str:
+    """The one line that says the node is ready: its cameras, and its prompt
+    set or where it waits for one (the resolved name includes the namespace)."""
+    names = ", ".join(f"{c.topic} -> /cass/{c.name}" for c in cameras)
+    if active is None:
+        prompts = f"waiting for prompts on {prompts_topic} or the 'prompts' parameter"
+    else:
+        prompts = f"prompt_id {active.prompt_id}: {', '.join(active.class_names[1:])}"
+    return (f"ready: {names} ({runtime.image_transport}, {runtime.image_qos}); {prompts}; "
+            f"image conversion: {'cv_bridge' if cv_bridge_available() else 'built-in'}")
+
+
+def subscribe_camera(node: Node, cam: Camera[ImageMsg], msg_type: type[ImageMsg],
+                     qos: QoSProfile, on_image: Callable[..., None]) -> Subscription:
+    """A camera's image subscription, passing MessageInfo where rclpy has it."""
+    if _WITH_INFO:
+        def callback(m: ImageMsg, info: rclpy.subscription.MessageInfo) -> None:
+            on_image(m, cam, info)
+    else:  # pragma: no cover - Humble
+        def callback(m: ImageMsg) -> None:
+            on_image(m, cam)
+    return node.create_subscription(msg_type, cam.topic, callback, qos)
 
 
 def run(args: list[str] | None = None, signals: StopSignals | None = None,
