@@ -131,6 +131,22 @@ def topic_bytes(dense, size: tuple[int, int], instances: int) -> None:
             image_embedding=np.asarray(f["image_embedding"], np.float32))
         n = len(ts.serialize_cdr(msg, "cass_ros/msg/Features"))
         print(f"| /cass/<cam>/features ({dtype}) | {n} |")
+    # semantic_inference's FeatureImage, from its field list (docs/ros-interface.md,
+    # "semantic_inference"): 16UC1 ids at the image size, one embedding per id
+    si = "semantic_inference_msgs/msg/"
+    ts.register({**get_types_from_msg("float32[] data", si + "FeatureVector"),
+                 **get_types_from_msg("std_msgs/Header header\nint32[] mask_ids\n"
+                                      "sensor_msgs/Image image\nFeatureVector[] features",
+                                      si + "FeatureImage")})
+    image = t["sensor_msgs/msg/Image"](header=header, height=size[0], width=size[1],
+                                       encoding="16UC1", is_bigendian=0, step=size[1] * 2,
+                                       data=np.zeros(size[0] * size[1] * 2, np.uint8))
+    vectors = [t[si + "FeatureVector"](data=np.zeros(WIDTH, np.float32))] * instances
+    fimg = t[si + "FeatureImage"](header=header, mask_ids=np.arange(1, instances + 1,
+                                                                    dtype=np.int32),
+                                  image=image, features=vectors)
+    print(f"| semantic/image_raw FeatureImage ({instances} instances) "
+          f"| {len(ts.serialize_cdr(fimg, si + 'FeatureImage'))} |")
     print(f"| instance_objects: added by instance_embeddings ({instances} instances) "
           f"| {instances * (4 + 4 * WIDTH)} |")     # a float32[] adds its length and values
     print(f"| /cass/query similarity, per class (32FC1 {size[1]} x {size[0]}) "
