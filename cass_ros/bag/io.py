@@ -46,8 +46,9 @@ from . import inputs
 from .inputs.storage import Storage
 from .inputs.storage import one_line as _one_line
 # The type names live below io and bag.inputs; io is where the tools read them.
-from .msgtypes import (CLASS_TABLE, COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES,  # noqa: F401
-                       INSTANCE, INSTANCES, OBJECT, OBJECTS, STRING, normalize_msgtype)
+from .msgtypes import (CLASS_TABLE, COMPRESSED_IMAGE, FEATURE_IMAGE, FEATURE_VECTOR,  # noqa: F401
+                       FEATURE_VECTOR_STAMPED, FEATURES, IMAGE, IMAGE_TYPES, INSTANCE, INSTANCES,
+                       OBJECT, OBJECTS, STRING, normalize_msgtype)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,14 @@ CLASSES_TOPIC = "/cass/classes"
 
 # Registration order matters: ObjectPresenceArray refers to ObjectPresence.
 CASS_MESSAGES = ("ObjectPresence", "ObjectPresenceArray", "ClassTable", "Instance",
-                 "InstanceArray")
+                 "InstanceArray", "Features")
 # vision_msgs' types that Detection2DArray and LabelInfo use, dependencies first.
 VISION_MESSAGES = ("Point2D", "Pose2D", "BoundingBox2D", "ObjectHypothesis",
                    "ObjectHypothesisWithPose", "Detection2D", "Detection2DArray", "VisionClass",
                    "LabelInfo")
+# semantic_inference_msgs' types that cass_bag writes, dependencies first.
+SEMANTIC_PACKAGE = "semantic_inference_msgs"
+SEMANTIC_MESSAGES = ("FeatureVector", "FeatureImage", "FeatureVectorStamped")
 
 STORAGES = ("mcap", "sqlite3")
 
@@ -73,36 +77,57 @@ class BagError(RuntimeError):
 # Types
 
 def find_msg_dir() -> Path:
-    """The directory holding ObjectPresence.msg and friends.
+    """The directory holding every definition of CASS_MESSAGES
+    (ObjectPresence.msg and friends, Features.msg among them).
 
     Looked up in the source tree first (the repository's ``msg/``), then in
     the install tree (``share/cass_ros/msg``, installed by rosidl), so the
-    tool works from a checkout, a colcon install and a pip install alike.
-    ``CASS_ROS_MSG_DIR`` overrides both.
+    tool works from a checkout, a colcon install and a pip install alike;
+    a folder of an older cass_ros, lacking some, is passed over.
+    ``CASS_ROS_MSG_DIR`` overrides both, and must hold them all.
     """
-    candidates: list[Path] = []
+    def missing(cand: Path) -> list[str]:
+        return [f"{n}.msg" for n in CASS_MESSAGES if not (cand / f"{n}.msg").is_file()]
+
     if os.environ.get("CASS_ROS_MSG_DIR"):
-        candidates.append(Path(os.environ["CASS_ROS_MSG_DIR"]))
-    candidates.append(Path(__file__).resolve().parents[2] / "msg")  # <repo>/cass_ros/bag/io.py
+        cand = Path(os.environ["CASS_ROS_MSG_DIR"])
+        if missing(cand):
+            raise BagError(f"CASS_ROS_MSG_DIR={cand} lacks {', '.join(missing(cand))}: point "
+                           "it at the msg/ folder of this cass_ros")
+        return cand
+    candidates = [Path(__file__).resolve().parents[2] / "msg"]  # <repo>/cass_ros/bag/io.py
     for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
         if prefix:
             candidates.append(Path(prefix) / "share" / "cass_ros" / "msg")
     candidates.append(Path(sys.prefix) / "share" / "cass_ros" / "msg")
     for cand in candidates:
-        if (cand / "ObjectPresence.msg").is_file():
+        if not missing(cand):
             return cand
-    raise BagError("cannot find the cass_ros message definitions (ObjectPresence.msg); "
-                   "set CASS_ROS_MSG_DIR to the package's msg/ folder")
+    names = ", ".join(f"{n}.msg" for n in CASS_MESSAGES)
+    raise BagError(f"cannot find the cass_ros message definitions ({names}); set "
+                   "CASS_ROS_MSG_DIR to the package's msg/ folder")
 
 
 def find_vision_msg_dir() -> Path | None:
     """The installed vision_msgs definitions (``share/vision_msgs/msg`` of a
     prefix on AMENT_PREFIX_PATH, or of this Python's prefix); None when the
     package is not installed. rosbags' typestores do not hold vision_msgs."""
+    return _find_share_msg_dir("vision_msgs", VISION_MESSAGES)
+
+
+def find_semantic_msg_dir() -> Path | None:
+    """semantic_inference_msgs' definitions (``share/semantic_inference_msgs/msg``
+    of a prefix on AMENT_PREFIX_PATH, or of this Python's prefix), for the
+    outputs of ``semantic_inference: true``; None when the package is not
+    there (teams using Hydra build it from source beside cass_ros)."""
+    return _find_share_msg_dir(SEMANTIC_PACKAGE, SEMANTIC_MESSAGES)
+
+
+def _find_share_msg_dir(package: str, names: Sequence[str]) -> Path | None:
     prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     for prefix in (*prefixes, sys.prefix):
-        cand = Path(prefix) / "share" / "vision_msgs" / "msg"
-        if all((cand / f"{name}.msg").is_file() for name in VISION_MESSAGES):
+        cand = Path(prefix) / "share" / package / "msg"
+        if all((cand / f"{name}.msg").is_file() for name in names):
             return cand
     return None
 
@@ -110,7 +135,8 @@ def find_vision_msg_dir() -> Path | None:
 @cache
 def make_typestore() -> Typestore:
     """A ROS 2 Kilted typestore with the cass_ros messages registered, and
-    vision_msgs' when it is installed (``vision_missing`` says otherwise).
+    vision_msgs' and semantic_inference_msgs' when they are installed
+    (``vision_missing``, ``semantic_missing`` say otherwise).
 
     Kilted's standard definitions are the same as Jazzy's and Humble's for
     every type used here (Header, Image, CompressedImage, String,
@@ -119,8 +145,10 @@ def make_typestore() -> Typestore:
     """
     store = get_typestore(Stores.ROS2_KILTED)
     types: dict[str, Any] = {}
-    for package, directory, names in (("cass_ros", find_msg_dir(), CASS_MESSAGES),
-                                      ("vision_msgs", find_vision_msg_dir(), VISION_MESSAGES)):
+    for package, directory, names in (
+            ("cass_ros", find_msg_dir(), CASS_MESSAGES),
+            ("vision_msgs", find_vision_msg_dir(), VISION_MESSAGES),
+            (SEMANTIC_PACKAGE, find_semantic_msg_dir(), SEMANTIC_MESSAGES)):
         for name in names if directory is not None else ():
             text = (directory / f"{name}.msg").read_text(encoding="utf-8")
             types.update(get_types_from_msg(text, f"{package}/msg/{name}"))
@@ -137,24 +165,36 @@ def vision_missing(ts: Typestore) -> str | None:
             "`make build` with ../shared/ros2 present) and source the workspace")
 
 
+def semantic_missing(ts: Typestore) -> str | None:
+    """None when ``ts`` can write semantic_inference's outputs, else why not (one line)."""
+    if all(t in ts.types for t in (FEATURE_IMAGE, FEATURE_VECTOR_STAMPED)):
+        return None
+    return (f"the {SEMANTIC_PACKAGE} definitions (share/{SEMANTIC_PACKAGE}/msg/"
+            f"{{{','.join(SEMANTIC_MESSAGES)}}}.msg) are on no prefix of AMENT_PREFIX_PATH; "
+            f"build {SEMANTIC_PACKAGE} from source (https://github.com/MIT-SPARK/"
+            "semantic_inference) and source its install/setup.bash")
+
+
 def reading_typestore(connections: Sequence[Connection]) -> Typestore:
     """A typestore for reading a bag: the cass_ros messages as the bag itself
     defines them where it embeds their definitions (a bag recorded before
     ObjectPresence gained its 3D fields keeps its own layout), ours where it
-    does not; vision_msgs' as installed; the standard messages are Kilted's."""
+    does not; semantic_inference_msgs' likewise (a bag of cass_bag reads
+    without the package); vision_msgs' as installed; the standard messages
+    are Kilted's."""
+    own = ("cass_ros/", f"{SEMANTIC_PACKAGE}/")
     embedded: dict[str, Any] = {}
     for conn in connections:
         msgdef = conn.msgdef
-        if (conn.msgtype.startswith("cass_ros/") and msgdef.format == MessageDefinitionFormat.MSG
+        if (conn.msgtype.startswith(own) and msgdef.format == MessageDefinitionFormat.MSG
                 and msgdef.data):
             types = get_types_from_msg(msgdef.data, conn.msgtype)
-            embedded.update({k: v for k, v in types.items() if k.startswith("cass_ros/")})
+            embedded.update({k: v for k, v in types.items() if k.startswith(own)})
     if not embedded:
         return make_typestore()
     store = get_typestore(Stores.ROS2_KILTED)
-    ours = make_typestore().fielddefs   # cass_ros's and (when installed) vision_msgs'
-    store.register({**{k: v for k, v in ours.items()
-                       if k.startswith(("cass_ros/", "vision_msgs/"))},
+    ours = make_typestore().fielddefs   # cass_ros's and (when installed) the others'
+    store.register({**{k: v for k, v in ours.items() if k.startswith((*own, "vision_msgs/"))},
                     **embedded})
     return store
 
@@ -574,6 +614,34 @@ def instance_array_msg(ts: Typestore, header: Any, result: SegmentationResult,
                                class_names=list(result.class_names), instances=items)
 
 
+def features_msg(ts: Typestore, header: Any, fields: dict[str, Any]) -> Any:
+    """cass_ros/Features from the node's field builder
+    (ros.outputs.features.features_fields)."""
+    return ts.types[FEATURES](**dict(
+        fields, header=header, data=np.frombuffer(fields["data"], np.uint8),
+        scale=np.asarray(fields["scale"], np.float64),
+        offset=np.asarray(fields["offset"], np.float64),
+        image_embedding=np.asarray(fields["image_embedding"], np.float32)))
+
+
+def feature_vector_msg(ts: Typestore, header: Any, fields: dict[str, Any]) -> Any:
+    """semantic_inference_msgs/FeatureVectorStamped from the node's field
+    builder (ros.outputs.semantic_inference.feature_vector_fields)."""
+    vec = ts.types[FEATURE_VECTOR](data=np.asarray(fields["feature"]["data"], np.float32))
+    return ts.types[FEATURE_VECTOR_STAMPED](header=header, feature=vec)
+
+
+def feature_image_msg(ts: Typestore, header: Any, fields: dict[str, Any]) -> Any:
+    """semantic_inference_msgs/FeatureImage from the node's field builder
+    (ros.outputs.semantic_inference.feature_image_fields); the image under
+    the same header, as the node sends it."""
+    vec = ts.types[FEATURE_VECTOR]
+    return ts.types[FEATURE_IMAGE](
+        header=header, mask_ids=np.asarray(fields["mask_ids"], np.int32),
+        image=image_from_fields(ts, header, fields["image"]),
+        features=[vec(data=np.asarray(f["data"], np.float32)) for f in fields["features"]])
+
+
 def label_info_msg(ts: Typestore, header: Any, prompt_set: PromptSet,
                    prob_threshold: float) -> Any:
     """vision_msgs/LabelInfo of a prompt set (fields from the node's builder)."""
@@ -622,7 +690,7 @@ def output_topics(camera: str) -> dict[str, str]:
     return {"labels": f"{base}/segmentation", "color": f"{base}/segmentation/color",
             "objects": f"{base}/objects", "detections": f"{base}/detections",
             "label_info": f"{base}/label_info", "instances": f"{base}/instances",
-            "instance_objects": f"{base}/instance_objects"}
+            "instance_objects": f"{base}/instance_objects", "features": f"{base}/features"}
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,11 @@ OBJECT = "cass_ros/msg/ObjectPresence"
 CLASS_TABLE = "cass_ros/msg/ClassTable"
 INSTANCES = "cass_ros/msg/InstanceArray"
 INSTANCE = "cass_ros/msg/Instance"
+FEATURES = "cass_ros/msg/Features"
+# semantic_inference's open-set contract (MIT-SPARK's package, when installed)
+FEATURE_IMAGE = "semantic_inference_msgs/msg/FeatureImage"
+FEATURE_VECTOR = "semantic_inference_msgs/msg/FeatureVector"
+FEATURE_VECTOR_STAMPED = "semantic_inference_msgs/msg/FeatureVectorStamped"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 
 

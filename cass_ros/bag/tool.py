@@ -15,8 +15,21 @@ node's output topics:
     /cass/classes                   cass_ros/ClassTable (latched)
     /cass/<cam>/instances           sensor_msgs/Image 32SC1    } with the parameter
     /cass/<cam>/instance_objects    cass_ros/InstanceArray     } instances: true
+    /cass/<cam>/features            cass_ros/Features          with publish_features: true
+    /cass/<cam>/semantic/image_raw  semantic_inference_msgs/FeatureImage         } instances and
+    /cass/<cam>/semantic/feature    semantic_inference_msgs/FeatureVectorStamped } semantic_inference
 
 each output at the bag time of its input frame, with the input's header.
+The language features are the node's (ros.outputs.features): the dense
+features in ``features_dtype``; with ``instance_embeddings: true`` each
+instance of instance_objects carries its pooled embedding, and
+re-identification (``track_reid_seconds``) gets the embeddings as the
+node's tracker does; the dense features are computed only for a run
+that needs them (outputs.features.needs_dense). semantic_inference's
+topics (ros.outputs.semantic_inference; the FeatureImage at the label
+image's size, cass_bag having no depth) need the definitions of
+semantic_inference_msgs on AMENT_PREFIX_PATH: asked for without them,
+cass_bag refuses in one line before loading the model.
 The overlays carry the legend when the parameters say ``overlay_legend:
 true``. Beside the bag's own files, the output bag folder gets the colour
 table of each prompt set in Hydra's CSV layout (docs/ros-interface.md, the
@@ -77,10 +90,13 @@ from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
 from ..core.visualize import draw_legend, outline_instances, overlay, write_color_table
 from ..ros import params as node_params
 from ..ros.inputs.image_conversion import ImageConversionError
+from ..ros.outputs.features import features_fields, needs_dense
 from ..ros.outputs.instances import (FrameObjects, frame_objects, instance_detection_fields,
                                     instance_fields, instance_image_fields)
 
 if TYPE_CHECKING:  # imports torch: loaded in _load_segmenter, see there
+    from ..core.queries.dense import DenseFeatures
+    from ..core.queries.features import ImageFeatures
     from ..core.segmenter import Segmenter
 
 log = logging.getLogger("cass_bag")
@@ -214,6 +230,7 @@ class _Frame:
     index: int                         # its place on its topic
     rgb: np.ndarray
     result: SegmentationResult
+    dense: DenseFeatures | None = None  # where an output needs them (outputs.features.needs_dense)
 
 
 def run(opts: BagToolOptions, segmenter: Segmenter | None = None) -> BagToolReport:
@@ -314,7 +331,25 @@ def _read_settings(opts: BagToolOptions) -> _Settings:
         session.request(initial)
         reason = ""
     image_topics = list(values["image_topics"]) if "image_topics" in values else None
+    if runtime.instances and runtime.semantic_inference:
+        _check_semantic_inference()
     return _Settings(config, runtime, image_topics, session, initial, reason)
+
+
+def _check_semantic_inference() -> None:
+    """``semantic_inference: true`` asks for semantic_inference's topics:
+    refused in one line (ConfigError) without the message definitions of
+    semantic_inference_msgs, or without the node's builders of them
+    (ros.outputs.semantic_inference, which needs ROS 2 Python)."""
+    why = bag_io.semantic_missing(bag_io.make_typestore())
+    if why is None:
+        try:
+            from ..ros.outputs import semantic_inference  # noqa: F401
+        except ImportError as e:
+            why = (f"its builders (ros.outputs.semantic_inference) need ROS 2 Python and the "
+                   f"built cass_ros messages ({type(e).__name__}: {e})")
+    if why is not None:
+        raise ConfigError(f"semantic_inference: true, but its topics cannot be written: {why}")
 
 
 def _check_paths(opts: BagToolOptions) -> tuple[Path, Path]:
@@ -461,10 +496,19 @@ def _open_outputs(stack: ExitStack, opts: BagToolOptions, settings: _Settings,
     latched = [bag_io.qos_profile(transient_local=True, depth=1)]
     types = {"labels": bag_io.IMAGE, "color": bag_io.IMAGE, "objects": bag_io.OBJECTS,
              "detections": bag_io.DETECTIONS_TYPE, "label_info": bag_io.LABEL_INFO_TYPE,
-             "instances": bag_io.IMAGE, "instance_objects": bag_io.INSTANCES}
+             "instances": bag_io.IMAGE, "instance_objects": bag_io.INSTANCES,
+             "features": bag_io.FEATURES}
     kinds = ["labels", "color", "objects"] if opts.color else ["labels", "objects"]
     if settings.runtime.instances:
         kinds += ["instances", "instance_objects"]
+    if settings.runtime.publish_features:
+        kinds += ["features"]
+    names_of = bag_io.output_topics
+    if settings.runtime.instances and settings.runtime.semantic_inference:
+        names_of = _with_semantic_topics
+        kinds += ["feature_image", "feature_vector"]
+        types.update(feature_image=bag_io.FEATURE_IMAGE,
+                     feature_vector=bag_io.FEATURE_VECTOR_STAMPED)
     vision_off = bag_io.vision_missing(ts)
     if vision_off is None:
         kinds += ["detections", "label_info"]
@@ -472,7 +516,7 @@ def _open_outputs(stack: ExitStack, opts: BagToolOptions, settings: _Settings,
         log.warning("/cass/<cam>/detections and /cass/<cam>/label_info are not written: %s",
                     vision_off)
     for s in plan.streams.values():
-        names = bag_io.output_topics(s.camera)
+        names = names_of(s.camera)
         for kind in kinds:
             s.outputs[kind] = writer.add_connection(
                 names[kind], types[kind], typestore=ts,
@@ -488,6 +532,17 @@ def _open_outputs(stack: ExitStack, opts: BagToolOptions, settings: _Settings,
         else:  # a later chunk: the class table is the first chunk's
             _write_color_tables(ctx)
     return ctx
+
+
+def _with_semantic_topics(camera: str) -> dict[str, str]:
+    """A camera's output topics with semantic_inference's two, named as the
+    node names them (ros.outputs.semantic_inference, relative to the
+    node's namespace: / offline)."""
+    from ..ros.outputs import semantic_inference as si   # checked in _read_settings
+
+    return dict(bag_io.output_topics(camera),
+                feature_image=f"/cass/{camera}/{si.FEATURE_IMAGE_TOPIC}",
+                feature_vector=f"/cass/{camera}/{si.FEATURE_VECTOR_TOPIC}")
 
 
 def _copy_connection(writer: Writer, conn: Connection, ts: Typestore) -> Connection:
@@ -717,15 +772,29 @@ def _flush(ctx: _Run) -> None:
     active, report = ctx.settings.session.active, ctx.report
     assert active is not None  # frames are queued only under prompts
     runtime = ctx.settings.runtime
-    results = ctx.segmenter.segment([p.rgb for p in pending], prompts=active.prepared,
-                                    output_size=runtime.output_size,
-                                    streams=_stream_frames(ctx, pending))
-    for p, result in zip(pending, results):
-        _write_outputs(ctx, p.stream, _Frame(p.header, p.t_ns, p.index, p.rgb, result),
+    results, features = ctx.segmenter.segment_keeping(
+        [p.rgb for p in pending], prompts=active.prepared, output_size=runtime.output_size,
+        streams=_stream_frames(ctx, pending))
+    dense = _dense(ctx, features, len(pending))
+    for p, result, d in zip(pending, results, dense):
+        _write_outputs(ctx, p.stream, _Frame(p.header, p.t_ns, p.index, p.rgb, result, d),
                        active.colors)
         ctx.prompt_ids.add(int(result.prompt_id))
         report.frames_out += 1
         report.per_topic[p.stream.topic] = report.per_topic.get(p.stream.topic, 0) + 1
+
+
+def _dense(ctx: _Run, features: ImageFeatures | None, n: int) -> list[DenseFeatures | None]:
+    """Each frame's dense features (docs/algorithm.md 10.1) where one of
+    its outputs needs them, as the node's frame worker decides it
+    (outputs.features.needs_dense); offline nothing subscribes, so the
+    features topic is wanted exactly when ``publish_features`` says so."""
+    runtime = ctx.settings.runtime
+    if features is None or not needs_dense(runtime, runtime.publish_features):
+        return [None] * n
+    from ..core.queries.dense import dense_features   # torch: as in _load_segmenter
+
+    return list(dense_features(features, ctx.segmenter.clip.patch))
 
 
 def _stream_frames(ctx: _Run, pending: Sequence[_Pending]) -> list[StreamFrame] | None:
@@ -745,6 +814,13 @@ def _write_outputs(ctx: _Run, s: _Stream, frame: _Frame, colors: np.ndarray) -> 
     runtime = ctx.settings.runtime
     msg = bag_io.label_image_msg(ts, header, labels)
     ctx.writer.write(s.outputs["labels"], frame.t_ns, ts.serialize_cdr(msg, bag_io.IMAGE))
+    if "features" in s.outputs and frame.dense is not None:
+        models = ctx.segmenter.models
+        fmsg = bag_io.features_msg(ts, header, features_fields(
+            frame.dense, labels.shape, models.clip_id, models.weights_sha256(),
+            runtime.features_dtype))
+        ctx.writer.write(s.outputs["features"], frame.t_ns,
+                         ts.serialize_cdr(fmsg, bag_io.FEATURES))
     objs = _write_instances(ctx, s, frame)
     if "color" in s.outputs or ctx.opts.overlays is not None:
         _write_overlay(ctx, s, frame, colors, objs)
@@ -774,14 +850,27 @@ def _write_instances(ctx: _Run, s: _Stream, frame: _Frame) -> FrameObjects | Non
         return None
     tracker = ctx.temporal.tracker(s.topic, runtime.track_params())
     stamp = stamp_seconds(frame.header.stamp.sec, frame.header.stamp.nanosec)
-    objs = frame_objects(frame.result, runtime, tracker, stamp, None, runtime.depth_trim_percent)
+    # with the frame's dense features: pooled per instance, handed to the
+    # tracker (re-identification) and, with instance_embeddings, written
+    objs = frame_objects(frame.result, runtime, tracker, stamp, None, runtime.depth_trim_percent,
+                         frame.dense)
     image = bag_io.image_from_fields(ts, frame.header,
                                      instance_image_fields(frame.result.labels, objs))
     ctx.writer.write(s.outputs["instances"], frame.t_ns, ts.serialize_cdr(image, bag_io.IMAGE))
-    imsg = bag_io.instance_array_msg(ts, frame.header, frame.result,
-                                     instance_fields(objs, frame.result.class_names))
+    imsg = bag_io.instance_array_msg(ts, frame.header, frame.result, instance_fields(
+        objs, frame.result.class_names, runtime.instance_embeddings and frame.dense is not None))
     ctx.writer.write(s.outputs["instance_objects"], frame.t_ns,
                      ts.serialize_cdr(imsg, bag_io.INSTANCES))
+    if "feature_image" in s.outputs and frame.dense is not None:
+        from ..ros.outputs import semantic_inference as si   # checked in _read_settings
+
+        fimg = bag_io.feature_image_msg(ts, frame.header, si.feature_image_fields(objs))
+        ctx.writer.write(s.outputs["feature_image"], frame.t_ns,
+                         ts.serialize_cdr(fimg, bag_io.FEATURE_IMAGE))
+        fvec = bag_io.feature_vector_msg(ts, frame.header,
+                                         si.feature_vector_fields(frame.dense.image))
+        ctx.writer.write(s.outputs["feature_vector"], frame.t_ns,
+                         ts.serialize_cdr(fvec, bag_io.FEATURE_VECTOR_STAMPED))
     return objs
 
 

@@ -25,13 +25,13 @@ def test_batched_bag_equals_unbatched(tmp_path, offline_run, sample_bag, bag_par
 
     calls = []
 
-    real = Segmenter.segment
+    real = Segmenter.segment_keeping    # what cass_bag calls: the features for its outputs
 
     def counting(self, images, *args, **kw):
         calls.append(len(images))
         return real(self, images, *args, **kw)
 
-    monkeypatch.setattr(Segmenter, "segment", counting)
+    monkeypatch.setattr(Segmenter, "segment_keeping", counting)
     # 7 does not divide the 10 frames before the prompt message: the message
     # flushes a batch of 3, the end one of 3.
     code = bag_cli.main([str(sample_bag.path), "--out", str(tmp_path / "out"), "--params-file",

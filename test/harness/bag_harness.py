@@ -142,6 +142,38 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory, sample_bag: Any,
     return OfflineRun(opts.out, base / "overlays", base / "summary.json", report)
 
 
+# The language features on (docs/ros-interface.md, "Language features"):
+# the features topic, instance embeddings, and re-identification with
+# track_max_missed 1, so that a track missed two frames ends and only
+# re-identification can give its id back within the sample bag's 20 frames.
+FEATURE_SETTINGS: dict[str, Any] = {
+    "publish_features": True, "instances": True, "instance_min_pixels": 20,
+    "track_min_hits": 2, "track_max_missed": 1, "instance_embeddings": True,
+    "track_reid_seconds": 5.0}
+
+
+@dataclass
+class FeaturesRun:
+    out: Path
+    params: Path
+    settings: dict[str, Any]
+    report: Any
+
+
+@pytest.fixture(scope="session")
+def features_run(tmp_path_factory: pytest.TempPathFactory, sample_bag: Any,
+                 bag_settings: dict[str, Any]) -> FeaturesRun:
+    """cass_bag on the sample bag (raw topic) with FEATURE_SETTINGS; the
+    parameters file is the one the live node gets too (test_bag_live.py)."""
+    base = tmp_path_factory.mktemp("offline_features")
+    settings = dict(bag_settings, **FEATURE_SETTINGS)
+    params = write_params_file(base / "cass_features.yaml", settings)
+    opts = bag_tool.BagToolOptions(input_bag=sample_bag.path, out=base / "out_bag",
+                                   params_file=params, topics=["/camera/image_raw"],
+                                   progress=False)
+    return FeaturesRun(opts.out, params, settings, bag_tool.run(opts))
+
+
 def read_bag(path: Path) -> dict[str, list[tuple[int, Any]]]:
     """{topic: [(bag time, message)]} of a bag, with cass_ros's typestore
     (the bag's own definitions of our messages where it embeds them)."""
