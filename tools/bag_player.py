@@ -463,7 +463,8 @@ class BagPlayer:
         if ok:
             base = found[0].rsplit("/", 1)[0]
             siblings = [t for t in (f"{base}/segmentation", f"{base}/segmentation/color",
-                                    f"{base}/instances", f"{base}/instance_objects")
+                                    f"{base}/instances", f"{base}/instance_objects",
+                                    f"{base}/features")
                         if t in self._subs]
             ok = self.wait_for(lambda rec: all(_has_stamp(rec, t, stamp) for t in siblings),
                                timeout)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bag_harness import diagnostic_counters, read_bag, write_params_file
+from bag_harness import FEATURE_SETTINGS, diagnostic_counters, read_bag, write_params_file
 from frame_agreement import assert_label_images_agree, assert_objects_agree, assert_overlays_agree
 
 from cass_ros.bag import io as bag_io
 from cass_ros.bag import tool as bag_tool
 from cass_ros.core.agreement import AgreementRule, compare_labels
+from cass_ros.ros.outputs.features import features_array
 
 RAW = "/camera/image_raw"
 
@@ -195,16 +196,34 @@ def test_live_equals_offline_for_instances_and_track_ids(play_into_node, sample_
     live = play_into_node(sample_bag.path, params, topics=[RAW, "/cass/prompts"],
                           lockstep=True, extra_topics=extra)
     exact = assert_live_equals_offline(live, offline)
-    off_images = {bag_io.stamp_ns(m.header.stamp): bag_io.image_array(m)
-                  for _, m in offline["/cass/camera/instances"]}
+    assert_instances_agree(live, offline, exact, sample_bag.frames, embeddings=False)
     off_objects = {bag_io.stamp_ns(m.header.stamp): m
                    for _, m in offline["/cass/camera/instance_objects"]}
-    live_objects = live.recording.messages("/cass/camera/instance_objects")
-    assert len(live_objects) == len(off_objects) == sample_bag.frames
-    ids = set()
+    # track_min_hits 2: nothing on the first frame, nor on the first after the prompt change
+    k = sample_bag.first_frame_after_prompt
+    ordered = [off_objects[s] for s in sorted(off_objects)]
+    assert not ordered[0].instances and not ordered[k].instances
+    later = [i.id for i in ordered[k + 1].instances]
+    assert later and min(later) > max(i.id for m in ordered[:k] for i in m.instances)
+
+
+def assert_instances_agree(live, offline, exact: bool, frames: int, embeddings: bool) -> None:
+    """The node's /instances and /instance_objects against cass_bag's: the
+    same track ids, classes and ages on every frame; pixel counts and
+    instance images equal, or (a near-tied pixel flipped between the
+    processes: ``exact`` False) within the agreement rule; ``embeddings``
+    (instance_embeddings: true) on every instance of both, equal up to the
+    two processes' float32 rounding where the pixel counts are, else nearly
+    parallel; otherwise none."""
     def stamp_of(msg):
         return bag_io.stamp_ns(msg.header.stamp)
 
+    off_images = {stamp_of(m): bag_io.image_array(m)
+                  for _, m in offline["/cass/camera/instances"]}
+    off_objects = {stamp_of(m): m for _, m in offline["/cass/camera/instance_objects"]}
+    live_objects = live.recording.messages("/cass/camera/instance_objects")
+    assert len(live_objects) == len(off_objects) == frames
+    ids = set()
     for m in live_objects:
         o = off_objects[stamp_of(m)]
         # A near-tied pixel flipped between the processes (the agreement
@@ -214,19 +233,64 @@ def test_live_equals_offline_for_instances_and_track_ids(play_into_node, sample_
         counts = np.array([[i.pixel_count for i in x.instances] for x in (m, o)])
         moved = int(np.abs(counts[0] - counts[1]).max(initial=0))
         assert moved == 0 if exact else moved <= 0.001 * off_images[stamp_of(m)].size
+        for a, b, na, nb in zip(m.instances, o.instances, *counts):
+            ea, eb = np.asarray(a.embedding), np.asarray(b.embedding)
+            assert len(ea) == len(eb) and bool(len(ea)) == embeddings
+            if embeddings and na == nb:
+                np.testing.assert_allclose(ea, eb, atol=1e-5)
+            elif embeddings:
+                assert float(ea @ eb) >= 0.999
         ids |= {i.id for i in m.instances}
     assert ids, "no instance in the sample bag"
     images = live.recording.messages("/cass/camera/instances")
     got = [bag_io.image_array(m) for m in images]
-    want = [off_images[bag_io.stamp_ns(m.header.stamp)] for m in images]
+    want = [off_images[stamp_of(m)] for m in images]
     if exact:
         assert all(np.array_equal(a, b) for a, b in zip(got, want))
     else:
         rule = AgreementRule(min_share=0.999)
         rule.check(compare_labels(got, want))
-    # track_min_hits 2: nothing on the first frame, nor on the first after the prompt change
-    k = sample_bag.first_frame_after_prompt
-    ordered = [off_objects[s] for s in sorted(off_objects)]
-    assert not ordered[0].instances and not ordered[k].instances
-    later = [i.id for i in ordered[k + 1].instances]
-    assert later and min(later) > max(i.id for m in ordered[:k] for i in m.instances)
+
+
+@pytest.mark.arithmetic
+def test_live_equals_offline_for_language_features(play_into_node, sample_bag, features_run):
+    """The language features on (publish_features, instance_embeddings,
+    re-identification: harness FEATURE_SETTINGS): the node and cass_bag write
+    the same /features (the grid, placement, model and weights; the values
+    within float16 rounding of two processes' arithmetic: the dense features
+    are the image's alone, no near-tie flips them), the same embeddings and
+    the same track ids, the ids re-identification gave back included."""
+    offline = read_bag(features_run.out)
+    extra = {"/cass/camera/instances": bag_io.IMAGE,
+             "/cass/camera/instance_objects": bag_io.INSTANCES,
+             "/cass/camera/features": bag_io.FEATURES}
+    live = play_into_node(sample_bag.path, features_run.params, topics=[RAW, "/cass/prompts"],
+                          lockstep=True, extra_topics=extra)
+    exact = assert_live_equals_offline(live, offline)
+    assert_instances_agree(live, offline, exact, sample_bag.frames, embeddings=True)
+    off = {bag_io.stamp_ns(m.header.stamp): m for _, m in offline["/cass/camera/features"]}
+    got = live.recording.messages("/cass/camera/features")
+    assert len(got) == len(off) == sample_bag.frames
+    fields = ("model", "weights_sha256", "height", "width", "channels", "dtype", "layout",
+              "image_height", "image_width")
+    for m in got:
+        o = off[bag_io.stamp_ns(m.header.stamp)]
+        assert m.header == o.header
+        assert [getattr(m, f) for f in fields] == [getattr(o, f) for f in fields]
+        assert (list(m.scale), list(m.offset)) == (list(o.scale), list(o.offset))
+        a, b = features_array(m), features_array(o)
+        # the two processes' float32 values differ by their rounding (the
+        # image embeddings, float32, by < 1e-7), then each is rounded to
+        # float16: near a rounding boundary they land on neighbouring
+        # float16 values, one step apart (seen: 2^-12 at 0.25); near zero
+        # float16's steps are finer than the float32 difference (2^-20 floor)
+        step = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16))
+        assert np.all(np.abs(a - b) <= np.maximum(step.astype(np.float32), 2.0 ** -20))
+        np.testing.assert_allclose(m.image_embedding, o.image_embedding, atol=1e-5)
+    # re-identification happened: an id back after more than track_max_missed frames
+    seen: dict[int, list[int]] = {}
+    for n, m in enumerate(live.recording.messages("/cass/camera/instance_objects")):
+        for i in m.instances:
+            seen.setdefault(i.id, []).append(n)
+    gaps = [b - a - 1 for f in seen.values() for a, b in zip(f, f[1:])]
+    assert max(gaps, default=0) > FEATURE_SETTINGS["track_max_missed"]
