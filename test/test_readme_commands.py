@@ -331,6 +331,19 @@ def run_python_bag(ctx: Ctx, cmd: str) -> None:
     assert (work / "segmented2" / "metadata.yaml").is_file()
 
 
+def run_python_bag_features(ctx: Ctx, cmd: str) -> None:
+    """The language features offline: /features on every frame segmented,
+    each instance with its embedding."""
+    work = _bag_case(ctx, cmd)
+    from bag_harness import read_bag
+
+    out = read_bag(work / "features")
+    frames = len(out["/cass/camera/segmentation"])
+    assert frames and len(out["/cass/camera/features"]) == frames
+    instances = [i for _, m in out["/cass/camera/instance_objects"] for i in m.instances]
+    assert instances and all(len(i.embedding) for i in instances)
+
+
 def _fleet_case(ctx: Ctx, cmd: str) -> Path:
     """recordings/ holds the sample bag twice (site_a/mon, site_b/tue)."""
     work = ctx.scratch()
@@ -668,6 +681,10 @@ CASES: dict[str, Case] = {
     "--set 'prompts=[car, person]'":
         Case("recording/ = the sample bag; + --set tiny weights, device cpu, short side 64",
              run_python_bag),
+    "python -m cass_ros.cli.bag recording/ --out features/ --params-file config/cass.yaml "
+    "--set instances=true --set publish_features=true --set instance_embeddings=true":
+        Case("recording/ = the sample bag; + --set tiny weights, device cpu, short side 64",
+             run_python_bag_features),
     "python -m cass_ros.cli.fleet recordings/ --out fleet_out/ --params-file config/cass.yaml "
     "--set 'prompts=[car, person]' --report":
         Case("recordings/ = the sample bag twice; + --set tiny weights, device cpu, short side 64",
