@@ -90,7 +90,8 @@ from ..core.temporal import StreamFrame, TemporalStreams, stamp_seconds
 from ..core.visualize import draw_legend, outline_instances, overlay, write_color_table
 from ..ros import params as node_params
 from ..ros.inputs.image_conversion import ImageConversionError
-from ..ros.outputs.features import features_fields, needs_dense
+from ..ros.outputs import semantic_inference as si
+from ..ros.outputs.features import features_fields, frame_dense, needs_dense
 from ..ros.outputs.instances import (FrameObjects, frame_objects, instance_detection_fields,
                                     instance_fields, instance_image_fields)
 
@@ -339,15 +340,9 @@ def _read_settings(opts: BagToolOptions) -> _Settings:
 def _check_semantic_inference() -> None:
     """``semantic_inference: true`` asks for semantic_inference's topics:
     refused in one line (ConfigError) without the message definitions of
-    semantic_inference_msgs, or without the node's builders of them
-    (ros.outputs.semantic_inference, which needs ROS 2 Python)."""
+    semantic_inference_msgs (the builders, ros.outputs.semantic_inference,
+    need no ROS 2 Python)."""
     why = bag_io.semantic_missing(bag_io.make_typestore())
-    if why is None:
-        try:
-            from ..ros.outputs import semantic_inference  # noqa: F401
-        except ImportError as e:
-            why = (f"its builders (ros.outputs.semantic_inference) need ROS 2 Python and the "
-                   f"built cass_ros messages ({type(e).__name__}: {e})")
     if why is not None:
         raise ConfigError(f"semantic_inference: true, but its topics cannot be written: {why}")
 
@@ -538,8 +533,6 @@ def _with_semantic_topics(camera: str) -> dict[str, str]:
     """A camera's output topics with semantic_inference's two, named as the
     node names them (ros.outputs.semantic_inference, relative to the
     node's namespace: / offline)."""
-    from ..ros.outputs import semantic_inference as si   # checked in _read_settings
-
     return dict(bag_io.output_topics(camera),
                 feature_image=f"/cass/{camera}/{si.FEATURE_IMAGE_TOPIC}",
                 feature_vector=f"/cass/{camera}/{si.FEATURE_VECTOR_TOPIC}")
@@ -790,11 +783,10 @@ def _dense(ctx: _Run, features: ImageFeatures | None, n: int) -> list[DenseFeatu
     (outputs.features.needs_dense); offline nothing subscribes, so the
     features topic is wanted exactly when ``publish_features`` says so."""
     runtime = ctx.settings.runtime
-    if features is None or not needs_dense(runtime, runtime.publish_features):
+    if features is None:
         return [None] * n
-    from ..core.queries.dense import dense_features   # torch: as in _load_segmenter
-
-    return list(dense_features(features, ctx.segmenter.clip.patch))
+    return frame_dense(features, ctx.segmenter.clip.patch,
+                       [needs_dense(runtime, runtime.publish_features)] * n)
 
 
 def _stream_frames(ctx: _Run, pending: Sequence[_Pending]) -> list[StreamFrame] | None:
@@ -862,8 +854,6 @@ def _write_instances(ctx: _Run, s: _Stream, frame: _Frame) -> FrameObjects | Non
     ctx.writer.write(s.outputs["instance_objects"], frame.t_ns,
                      ts.serialize_cdr(imsg, bag_io.INSTANCES))
     if "feature_image" in s.outputs and frame.dense is not None:
-        from ..ros.outputs import semantic_inference as si   # checked in _read_settings
-
         fimg = bag_io.feature_image_msg(ts, frame.header, si.feature_image_fields(objs))
         ctx.writer.write(s.outputs["feature_image"], frame.t_ns,
                          ts.serialize_cdr(fimg, bag_io.FEATURE_IMAGE))

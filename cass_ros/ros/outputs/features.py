@@ -7,12 +7,14 @@ rosbags types alike); ``features_msg`` fills the rclpy message."""
 from __future__ import annotations
 
 import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:   # torch: loaded by the segmenter, not by this module
     from ...core.queries.dense import DenseFeatures
+    from ...core.queries.features import ImageFeatures
 
 LAYOUT = "HWC"
 
@@ -31,6 +33,18 @@ def needs_dense(runtime: Any, features_wanted: bool, semantic_wanted: bool | Non
     pooled = runtime.instances and (runtime.instance_embeddings or semantic_wanted
                                     or runtime.track_reid_seconds > 0)
     return bool(features_wanted or pooled)
+
+
+def frame_dense(features: ImageFeatures, patch: int, wanted: Sequence[bool]
+                ) -> list[DenseFeatures | None]:
+    """Each image's dense features (core.queries.dense) where ``wanted``
+    (``needs_dense`` per image), else None; nothing is computed when no
+    image wants them. The node's frame worker and cass_bag both call this."""
+    if not any(wanted):
+        return [None] * len(wanted)
+    from ...core.queries.dense import dense_features   # torch: loaded with the segmenter
+
+    return [d if w else None for d, w in zip(dense_features(features, patch), wanted)]
 
 
 def features_fields(dense: DenseFeatures, label_size: tuple[int, int], model: str,
@@ -71,4 +85,4 @@ def features_array(fields_or_msg: Any) -> np.ndarray:
     return data.reshape(get("height"), get("width"), get("channels")).astype(np.float32)
 
 
-__all__ = ["needs_dense", "features_fields", "features_msg", "features_array", "LAYOUT"]
+__all__ = ["needs_dense", "frame_dense", "features_fields", "features_msg", "features_array", "LAYOUT"]

@@ -30,15 +30,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rclpy.node import Node
-
-from ..inputs.cameras import Camera
-from ..params import RuntimeParams
 from .instances import INSTANCE_MODULO, FrameObjects
-from .publishers import OUT_IMAGE_QOS, CameraOutputs
 
-if TYPE_CHECKING:   # torch: loaded with the models, after the parameter checks
+if TYPE_CHECKING:   # torch loads with the models; rclpy only where a node publishes
+    from rclpy.node import Node
+
     from ...core.queries.dense import DenseFeatures
+    from ..inputs.cameras import Camera
+    from ..params import RuntimeParams
+    from .publishers import CameraOutputs
 
 # Hydra-ROS (hydra_ros/src/input/image_receiver.cpp) subscribes to these two
 # relative to a sensor's namespace, beside rgb/image_raw and
@@ -151,6 +151,8 @@ def attach(node: Node, runtime: RuntimeParams, cameras: Sequence[Camera[Any]],
         node.get_logger().warning(f"semantic_inference: true, but its outputs are off: {why}")
         return list(outputs)
     from semantic_inference_msgs.msg import FeatureImage, FeatureVectorStamped
+
+    from .publishers import OUT_IMAGE_QOS
 
     # Hydra subscribes reliable or best effort: the label image's reliable
     # keep-last QoS serves both

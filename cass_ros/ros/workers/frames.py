@@ -35,7 +35,7 @@ from .in_force import Work
 from .kept import KeptFrame, KeptFrames
 from ..outputs.instances import (DepthForInstances, FrameObjects, frame_objects,
                                instance_array_msg, instance_detection_fields, instances_msg)
-from ..outputs.features import features_fields, features_msg, needs_dense
+from ..outputs.features import features_fields, features_msg, frame_dense, needs_dense
 from ..outputs import semantic_inference
 from ..outputs.semantic_inference import semantic_listened
 from ..outputs.messages import color_image_msg, label_image_msg, objects_msg
@@ -163,12 +163,7 @@ class FrameWorker:
         its outputs needs them (outputs.features.needs_dense), else None."""
         wanted = [needs_dense(work.runtime, self._features_wanted(f, work),
                               semantic_listened(self._outputs[f.cam.index])) for f in frames]
-        if not any(wanted):
-            return [None] * len(frames)
-        from ...core.queries.dense import dense_features
-
-        dense = dense_features(features, work.segmenter.clip.patch)
-        return [d if w else None for d, w in zip(dense, wanted)]
+        return frame_dense(features, work.segmenter.clip.patch, wanted)
 
     def _stream_frames(self, frames: list[_Frame], work: Work) -> list[StreamFrame] | None:
         """Each frame's place in its camera's temporal stream (None while off)."""
