@@ -131,13 +131,14 @@ def components(name: str, r: dict) -> str:
            for k in ("decode", "model", "write")}
     user = sum(p["user"] for p in probes) * 1000 / n
     system = sum(p["sys"] for p in probes) * 1000 / n
+    faults = sum(p.get("minflt", 0) for p in probes) / n
     envs = {(p["env"]["nice"], p["env"]["torch_threads"], p["env"]["omp_max_threads"],
              p["env"]["OMP_NUM_THREADS"]) for p in probes}
     env = "; ".join(f"nice {a}, torch {b}, omp {c}, OMP_NUM_THREADS {d}" for a, b, c, d in
                     sorted(envs, key=str))
     return (f"| {name} | {part['decode']:.0f} ({cpu['decode']:.0f}) | {part['model']:.0f} "
             f"({cpu['model']:.0f}) | {part['write']:.1f} ({cpu['write']:.1f}) | {user:.0f} "
-            f"| {system:.1f} | {env} |")
+            f"| {system:.1f} | {faults:.0f} | {env} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = (fps, overhead)
     print("\nPer frame, ms (wall, then the calling thread's CPU in brackets): decode "
           "(image_to_rgb), model (Segmenter.segment), write (cass_bag's output messages and "
-          "the bag's close); the process's user and system CPU; what the model ran with.\n")
-    print("| run | decode | model | write | user | sys | nice, threads in the model's thread |")
-    print("|---|---|---|---|---|---|---|")
+          "the bag's close); the process's user and system CPU, its minor page faults "
+          "(a count); what the model ran with.\n")
+    print("| run | decode | model | write | user | sys | page faults | nice, threads in the "
+          "model's thread |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, _, r in rows[1:]:
         print(components(name, r))
     fleet1 = summary.get("cass_fleet --workers 1", (float("nan"),) * 2)

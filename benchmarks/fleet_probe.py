@@ -12,7 +12,8 @@ benchmark's own process (the plain pipeline) and in each cass_fleet worker
   (its last chunk and index);
 
 each as wall seconds and the calling thread's CPU seconds, summed over a
-``bag_tool.run``, with the process's user and system CPU seconds and the
+``bag_tool.run``, with the process's user and system CPU seconds, minor
+page faults and voluntary context switches, and the
 circumstances a worker's frame cost depends on (niceness, torch's and
 OpenMP's threads in the thread that runs the model, OMP_NUM_THREADS, the
 CPUs it may use). With ``$BENCH_FLEET_PROBE`` set (a folder), every run
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import threading
 import time
 from pathlib import Path
@@ -130,15 +132,19 @@ def install() -> None:
         with _lock:
             _stats.clear()
         times0, t0 = os.times(), time.perf_counter()
+        use0 = resource.getrusage(resource.RUSAGE_SELF)
         env = environment(Path(opts.out))
         try:
             return real(opts, segmenter)
         finally:
             times1 = os.times()
+            use1 = resource.getrusage(resource.RUSAGE_SELF)
             _runs[0] += 1
             _last.clear()
             _last.update(env=env, wall=time.perf_counter() - t0,
                          user=times1.user - times0.user, sys=times1.system - times0.system,
+                         minflt=use1.ru_minflt - use0.ru_minflt,
+                         nvcsw=use1.ru_nvcsw - use0.ru_nvcsw,
                          parts={k: list(v) for k, v in _stats.items()})
             folder = os.environ.get(PROBE_DIR)
             if folder:

@@ -15,7 +15,11 @@ Design:
   with it, for every job it gets: one per GPU with ``--gpus-per-worker 1``,
   else ``--workers`` of them sharing the CPUs (each gets its share of them
   as Ray resources and as torch threads). A job is ``bag.tool.run`` on an
-  already-loaded segmenter: cass_bag's own code writes the output bag.
+  already-loaded segmenter: cass_bag's own code writes the output bag. A
+  worker runs one call at a time, in its process's main thread, as a plain
+  cass_bag does (in one of Ray's threads a frame cost more: see
+  ``FleetWorker``); the frames it reads go to a counter actor
+  (``FleetProgress``) that the driver reads for the progress bar.
 - Reading and decoding run in a thread inside each worker
   (``BagToolOptions.prefetch``), a few frames ahead of the model, rather
   than in separate Ray tasks. Why: a Ray task per bag would need its own CPU
@@ -184,13 +188,19 @@ def fleet_fingerprint(fo: FleetOptions) -> dict[str, Any]:
 
 class FleetWorker:
     """A segmenter kept for many jobs (module docstring). Ray makes it an
-    actor (``_worker_class``); two of its methods may run at once
-    (``frames_read`` while ``run`` works), never two ``run``."""
+    actor (``_worker_class``) that runs one method at a time, in its
+    process's main thread: a job run in another thread (Ray's threads of an
+    actor with ``max_concurrency`` > 1) cost 10 to 20 % more per frame, its
+    freed memory handed back to the system and faulted in again on every
+    frame (40 000 page faults a frame with full-size models, against none
+    in the main thread, and the system time with them; README, Benchmark).
+    Its frames read go to a ``FleetProgress`` counter as they are read."""
 
-    def __init__(self, base: bag_tool.BagToolOptions, threads: int) -> None:
+    def __init__(self, base: bag_tool.BagToolOptions, threads: int, board: Any = None,
+                 key: str = "") -> None:
         logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
         self.base = base
-        self.frames = 0
+        self.board, self.key = board, key
         self.error = ""
         try:
             import torch
@@ -205,11 +215,9 @@ class FleetWorker:
         Ray node id of this worker}."""
         return {"error": self.error, "node": _node_id()}
 
-    def frames_read(self) -> int:
-        return self.frames
-
     def _tick(self) -> None:
-        self.frames += 1
+        if self.board is not None:   # not waited for: the progress only
+            self.board.tick.remote(self.key)
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """One bag or chunk: {"ok": True, "node": ..., "report": ...} or {"ok": False, "reason": ...}."""
@@ -229,6 +237,21 @@ class FleetWorker:
             "prompts_accepted": report.prompts_accepted,
             "prompts_rejected": report.prompts_rejected, "prompt_ids": report.prompt_ids,
             "seconds": report.seconds}}
+
+
+class FleetProgress:
+    """The frames read by each worker, as they tell it (``tick``, one call a
+    frame, not waited for); the driver reads the sum for its progress bar.
+    A worker lost keeps its count: the bar counts frames read, not kept."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, int] = {}
+
+    def tick(self, key: str) -> None:
+        self.frames[key] = self.frames.get(key, 0) + 1
+
+    def total(self) -> int:
+        return sum(self.frames.values())
 
 
 def _node_id() -> str:
@@ -259,6 +282,17 @@ def _worker_class() -> Any:
     import ray
 
     return ray.remote(FleetWorker)
+
+
+def _progress_board() -> Any:
+    """The progress counter, on the driver's node (it lives as long as the
+    driver's raylet does; no CPU of its own)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(FleetProgress).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
 
 
 # ---------------------------------------------------------------- the driver
@@ -398,15 +432,18 @@ class _Pool:
         self.n, self.cpus, self.gpus, self.threads = _placement(fo)
         self.base = base
         self.cls = _worker_class().options(num_cpus=self.cpus, num_gpus=self.gpus,
-                                           max_concurrency=2, max_restarts=0)
+                                           max_concurrency=1, max_restarts=0)
+        self.board = _progress_board()
+        self.made = 0                          # workers started (their progress keys)
         self.actors = [self._new() for _ in range(self.n)]
         self.node: list[str] = [""] * self.n   # "": not ready (starting, or given up)
         self.starting: dict[Any, int] = {}     # a replacement's ready() ref -> its slot
-        self.lost_frames = 0        # frames read by workers since lost
+        self.read = 0                          # frames read, as last known
         self.flying: dict[Any, Any] = {}  # their jobs' result refs (the driver's)
 
     def _new(self) -> Any:
-        return self.cls.remote(self.base, self.threads)
+        self.made += 1
+        return self.cls.remote(self.base, self.threads, self.board, str(self.made))
 
     def wait_ready(self) -> None:
         import ray
@@ -417,12 +454,10 @@ class _Pool:
             raise ConfigError(f"the workers cannot load the model: {bad[0]}")
         self.node = [g["node"] for g in got]
 
-    def lost(self, i: int, last: list[int]) -> None:
-        """Worker ``i`` died: its frames kept for the progress, a new one started."""
+    def lost(self, i: int) -> None:
+        """Worker ``i`` died: a new one started in its slot."""
         import ray
 
-        self.lost_frames += last[i]
-        last[i] = 0
         with contextlib.suppress(Exception):  # already gone
             ray.kill(self.actors[i], no_restart=True)
         self.actors[i] = self._new()
@@ -455,23 +490,20 @@ class _Pool:
             out.append(i)
         return out
 
-    def frames(self, last: list[int]) -> int:
+    def frames(self) -> int:
+        """The frames the workers have read (the last known count when the
+        counter does not answer at once)."""
         import ray
         from ray.exceptions import GetTimeoutError, RayError
 
-        live = [i for i in range(self.n) if self.node[i]]
-        try:
-            got = ray.get([self.actors[i].frames_read.remote() for i in live], timeout=5)
-        except (GetTimeoutError, RayError):
-            return sum(last) + self.lost_frames
-        for i, g in zip(live, got):
-            last[i] = g
-        return sum(last) + self.lost_frames
+        with contextlib.suppress(GetTimeoutError, RayError):
+            self.read = ray.get(self.board.total.remote(), timeout=5)
+        return self.read
 
     def close(self) -> None:
         import ray
 
-        for a in self.actors:
+        for a in [*self.actors, self.board]:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(a, no_restart=True)
         # ray.kill returns at once: wait for the jobs to end (with an error),
@@ -616,7 +648,6 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
     queue.reverse()                              # pop() from the end: bag order
     flying: dict[Any, tuple[int, _Job]] = pool.flying  # ref -> (worker, job)
     idle = list(range(pool.n))
-    last = [0] * pool.n
     ended = 0
     came: list[tuple[_Job, dict[str, Any]]] = []
     shown = waiting = time.monotonic()
@@ -650,7 +681,7 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
             try:
                 got = ray.get(ref)
             except RayActorError as e:   # its process or its node died
-                pool.lost(i, last)        # slot i gets work again once replaced
+                pool.lost(i)              # slot i gets work again once replaced
                 came.append((job, {"ok": False, "lost": True, "reason": _loss_reason(e)}))
                 continue
             except RayError as e:
@@ -658,10 +689,10 @@ def _drive(fo: FleetOptions, manifest: Manifest, pool: _Pool, bags: list[_Bag], 
             idle.append(i)
             came.append((job, got))
         if fo.progress and time.monotonic() - shown >= POLL_S:
-            fo.progress(pool.frames(last), total, ended, len(bags))
+            fo.progress(pool.frames(), total, ended, len(bags))
             shown = time.monotonic()
     if fo.progress:
-        fo.progress(pool.frames(last), total, ended, len(bags))
+        fo.progress(pool.frames(), total, ended, len(bags))
 
 
 def _no_workers_left(manifest: Manifest, queue: list[_Job], result: FleetResult) -> int:
