@@ -11,6 +11,8 @@ Cluster), driven through the command line with ``--address``:
   equal to cass_bag's;
 - a bag failed that way is given fresh attempts by ``--retry-failed``
   (not the failed run's count), and finishes;
+- a driver stopped by SIGTERM and started again finishes on the cluster,
+  the bags done before kept;
 - a worker node removed (killed, not drained) while it segments a bag: the
   run ends on the node left, the bag redone from its start (``attempts``
   2, ``lost`` naming the node), exit 0, its output equal to cass_bag's.
@@ -23,6 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -179,6 +184,62 @@ def test_a_failed_bag_retried_gets_fresh_attempts(cluster, sample, bag_params_fi
     assert again["fine"] == first["fine"]                    # done before: not run again
     assert sorted(p.name for p in markers.iterdir()) == [f"{bad}.run{n}" for n in (1, 2, 3)]
     _assert_like_cass_bag(root, out, bad, bag_params_file, tmp_path)
+    assert not (out / ".fleet_tmp").exists()
+
+
+def test_an_interrupted_driver_resumes_on_the_cluster(cluster, sample, bag_params_file, tmp_path):
+    """cass_fleet --address in a subprocess (a driver of its own, as a user
+    runs it) stopped by SIGTERM once a bag is done: exit 130, the manifest
+    "interrupted" with each bag's output there exactly when it is done; the
+    same command again finishes the rest on the cluster, the bags done
+    before not run again, and the cluster is still whole."""
+    c, workers = cluster
+    root = _bags(sample, {"a": 3, "b": 3, "c": 3, "d": 3})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cass_ros.cli.fleet", str(root), "--out", str(out),
+           "--params-file", str(bag_params_file), "--address", c.address, "--workers", "2",
+           "--no-progress"]
+    # this tree's cass_ros in the driver (the workers get theirs from the cluster)
+    code = str(Path(cass_ros.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [code, os.environ.get(
+        "PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if any(b["status"] == "done" for b in _manifest(out).values()):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    doc = json.loads((out / "fleet.json").read_text())
+    assert doc["state"] == "interrupted"
+    first = _manifest(out)
+    statuses = {name: b["status"] for name, b in first.items()}
+    assert "done" in statuses.values() and set(statuses.values()) - {"done"}, statuses
+    for name, status in statuses.items():
+        assert (out / name / "metadata.yaml").exists() == (status == "done"), (name, status)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "fleet.json").read_text())["state"] == "finished"
+    again = _manifest(out)
+    assert {b["status"] for b in again.values()} == {"done"}, again
+    for name, status in statuses.items():
+        if status == "done":
+            assert again[name] == first[name], name          # not run again
+    assert {n for b in again.values() for n in b["nodes"]} <= {w.node_id for w in workers}
+    for name in again:
+        _assert_like_cass_bag(root, out, name, bag_params_file, tmp_path)
     assert not (out / ".fleet_tmp").exists()
 
 
