@@ -370,6 +370,14 @@ DECLARED_BY = {
     "matplotlib": "python3-matplotlib",    # cass_fleet's report
     "ray": "setup.cfg[fleet]:ray",         # no rosdep key; not for the robot's install
 }
+# Imported only when a user asks for them and present without being declared:
+# semantic_inference_msgs has no rosdep key, Hydra's users build it from
+# source beside cass_ros (docs/ros-interface.md, "semantic_inference"); the
+# node runs without it. Allowed only in these modules, inside functions.
+OPTIONAL = {
+    "semantic_inference_msgs": ("cass_ros/ros/outputs/semantic_inference.py",
+                                "cass_ros/ros/services/encode_feature.py"),
+}
 # What setup.cfg's `fleet` extra alone declares may be imported only here:
 # requirements-ros.txt is installed whole on a robot, which needs no Ray.
 FLEET_ONLY = "cass_ros/fleet/"
@@ -398,6 +406,19 @@ def third_party_imports() -> dict[str, list[str]]:
     return found
 
 
+def top_level_imports() -> set[str]:
+    """Third-party top-level modules imported at a module's load (its
+    top-level statements), not inside a function."""
+    found = set()
+    for path in _sources():
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
 def declared() -> set[str]:
     root = ET.parse(REPO / "package.xml").getroot()
     keys = {e.text.strip() for tag in ("depend", "exec_depend") for e in root.iter(tag)}
@@ -420,6 +441,10 @@ def declared() -> set[str]:
 def test_every_third_party_import_is_declared() -> None:
     imports = third_party_imports()
     assert {"torch", "open_clip", "rclpy"} <= set(imports), "the import scan found nothing"
+    optional = {m: files for m, files in imports.items() if m in OPTIONAL}
+    assert all(set(files) <= set(OPTIONAL[m]) for m, files in optional.items()), optional
+    assert not (set(optional) & top_level_imports()), "an optional package imported at load"
+    imports = {m: files for m, files in imports.items() if m not in OPTIONAL}
     unknown = {m: files[:3] for m, files in imports.items() if m not in DECLARED_BY}
     assert not unknown, (
         f"imports with no declared dependency: {unknown}; add the rosdep key to package.xml "
