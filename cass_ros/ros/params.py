@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
-from collections.abc import Callable, Mapping, Sequence
 
 from ..core.config import (ALGORITHM, FIELD_NAMES, PROMPTS, CassConfig, ConfigError, build_config,
                            coerce, group_names, setting_info, setting_type)
@@ -476,8 +476,7 @@ ALGORITHM_NAMES = tuple(n for n in CONFIG_NAMES
 
 def descriptor_for(spec: ParamSpec) -> Any:
     """The rcl_interfaces ParameterDescriptor of a parameter."""
-    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                    ParameterType)
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
     types = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
              "float": ParameterType.PARAMETER_DOUBLE, "str": ParameterType.PARAMETER_STRING,
@@ -502,8 +501,7 @@ def declare_all(node: Any) -> None:
     """Declare every parameter on ``node`` (values from the command line and
     parameter files override the defaults). Raises ConfigError naming the
     parameter when a given value has the wrong type or is out of range."""
-    from rclpy.exceptions import (InvalidParameterTypeException,
-                                  InvalidParameterValueException)
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
     from rclpy.parameter import Parameter
 
     for spec in PARAM_SPECS:

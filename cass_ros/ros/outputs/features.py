@@ -42,7 +42,7 @@ def frame_dense(features: ImageFeatures, patch: int, wanted: Sequence[bool]
     image wants them. The node's frame worker and cass_bag both call this."""
     if not any(wanted):
         return [None] * len(wanted)
-    from ...core.queries.dense import dense_features   # torch: loaded with the segmenter
+    from ...core.queries.dense import dense_features  # torch: loaded with the segmenter
 
     return [d if w else None for d, w in zip(dense_features(features, patch), wanted)]
 

@@ -151,9 +151,10 @@ def instances_msg(labels: np.ndarray, objs: FrameObjects, header: Any) -> Any:
 def instance_array_msg(result: SegmentationResult, objs: FrameObjects, header: Any,
                        with_embeddings: bool = False) -> Any:
     """cass_ros/InstanceArray of the published tracks."""
-    from cass_ros.msg import Instance, InstanceArray
     from geometry_msgs.msg import Point
     from sensor_msgs.msg import RegionOfInterest
+
+    from cass_ros.msg import Instance, InstanceArray
 
     msg = InstanceArray(header=header, prompt_id=int(result.prompt_id),
                         class_names=list(result.class_names))

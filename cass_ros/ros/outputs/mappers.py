@@ -24,10 +24,9 @@ from ...core.mapping import class_mask, mask_label_ids, scale_camera_matrices
 from ...core.prompt_session import ActivePrompts
 from ...core.result import SegmentationResult
 from ..inputs.cameras import Camera
+from ..params import RuntimeParams
 from .messages import float_image_msg, mono8_msg
 from .publishers import CameraOutputs
-from ..params import RuntimeParams
-
 
 
 class CameraInfos:

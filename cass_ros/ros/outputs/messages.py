@@ -8,17 +8,17 @@ can build the same messages; the ``*_msg`` functions fill rclpy messages.
 from __future__ import annotations
 
 import array
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .depth import geometry_fields
-from ..inputs.image_conversion import labels_to_fields, rgb_to_fields
 from ...core.depth import ObjectGeometry
 from ...core.prompts import PromptSet
 from ...core.result import SegmentationResult
 from ...core.visualize import palette
+from ..inputs.image_conversion import labels_to_fields, rgb_to_fields
+from .depth import geometry_fields
 
 
 def objects_fields(result: SegmentationResult, min_pixels: int = 1,
@@ -102,9 +102,10 @@ def objects_msg(result: SegmentationResult, header: Any, min_pixels: int = 1,
                 inference_ms: float = 0.0, geometry: ObjectGeometry | None = None) -> Any:
     """cass_ros/ObjectPresenceArray for one result, ``header`` copied; the
     3D fields from ``geometry`` (zero without)."""
-    from cass_ros.msg import ObjectPresence, ObjectPresenceArray
     from geometry_msgs.msg import Point
     from sensor_msgs.msg import RegionOfInterest
+
+    from cass_ros.msg import ObjectPresence, ObjectPresenceArray
 
     msg = ObjectPresenceArray()
     msg.header = header

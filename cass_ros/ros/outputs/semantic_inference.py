@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from .instances import INSTANCE_MODULO, FrameObjects
 
 if TYPE_CHECKING:   # torch loads with the models; rclpy only where a node publishes

@@ -96,8 +96,7 @@ def detections_msg(result: SegmentationResult, header: Any, min_pixels: int = 1)
 def detections_msg_from(fields: Sequence[dict[str, Any]], header: Any) -> Any:
     """vision_msgs/Detection2DArray of Detection2D field dictionaries (per
     class: ``detections_fields``; per track: instances.py)."""
-    from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray,
-                                 ObjectHypothesisWithPose)
+    from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
     msg = Detection2DArray()
     msg.header = header

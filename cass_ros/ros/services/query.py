@@ -20,11 +20,10 @@ from rclpy.node import Node
 from cass_ros.srv import Describe, Query
 
 from ...core.config import ConfigError
-from ...core.prompts import PromptError, check_prompt_set, prompt_set_from_settings
-from ...core.prompts import read_classes_file
+from ...core.prompts import PromptError, check_prompt_set, prompt_set_from_settings, read_classes_file
+from ..outputs.messages import float_image_msg, label_image_msg, objects_msg
 from ..workers.in_force import InForce
 from ..workers.kept import KeptFrame, KeptFrames
-from ..outputs.messages import float_image_msg, label_image_msg, objects_msg
 
 if TYPE_CHECKING:   # torch: imported where a query needs it, after the parameter checks
     from ...core.queries.vocabulary import VocabularyEncoder

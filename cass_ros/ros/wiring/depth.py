@@ -22,8 +22,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from ..inputs.cameras import Camera
 from ..inputs.depth import DepthInput
-from ..outputs.vision import vision_msgs_missing
 from ..outputs.publishers import CameraOutputs
+from ..outputs.vision import vision_msgs_missing
 from ..params import RuntimeParams
 
 DETECTIONS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,

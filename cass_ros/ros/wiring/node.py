@@ -51,32 +51,29 @@ from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-
 from ...core.config import CassConfig, ConfigError
 from ...core.prompt_session import ActivePrompts
 from ...core.prompts import PromptError, PromptSet, check_prompt_set
-from . import depth as depth_wiring
-from . import entities
-from . import log_bridge
-from ..outputs import mappers as mapper_outputs
-from ..outputs import semantic_inference
-from . import memory
-from ..outputs.announcer import Announcer
 from .. import params as node_params
 from ..inputs.cameras import Camera, CameraBoard
 from ..inputs.depth import DepthInput
-from ..outputs.diagnostics import Facts, diagnostic_array, summary_line
-from ..workers.frames import FrameWorker, ImageMsg
 from ..inputs.image_conversion import cv_bridge_available
-from ..workers.in_force import InForce
-from .model_setup import StartupError, load_segmenter, log_preset, one_line, warm_up
-from ..workers.prompts import PromptWorker
+from ..outputs import mappers as mapper_outputs
+from ..outputs import semantic_inference
+from ..outputs.announcer import Announcer
+from ..outputs.diagnostics import Facts, diagnostic_array, summary_line
 from ..outputs.publishers import LATCHED_QOS, OUT_IMAGE_QOS, PROMPTS_QOS, camera_outputs
+from ..outputs.vision import vision_msgs_missing
 from ..services.encode_feature import EncodeFeatureService
 from ..services.query import QueryServices
+from ..workers.frames import FrameWorker, ImageMsg
+from ..workers.in_force import InForce
+from ..workers.prompts import PromptWorker
+from . import depth as depth_wiring
+from . import entities, log_bridge, memory
+from .model_setup import StartupError, load_segmenter, log_preset, one_line, warm_up
 from .parameter_changes import ParameterChanges
 from .stopping import StopRequested, StopSignals, quick_exit
-from ..outputs.vision import vision_msgs_missing
 
 if TYPE_CHECKING:  # torch loads in model_setup.load_segmenter, after the parameter checks
     pass

@@ -27,19 +27,19 @@ from ...core.temporal import StreamFrame, TemporalStreams, stamp_seconds
 from ...core.visualize import draw_legend, outline_instances, overlay
 from ..inputs.cameras import Batch, Camera, CameraBoard
 from ..inputs.depth import DepthFrame, DepthInput, Found, stamp_ns
-from ..outputs.depth import cloud_msg, detections_3d_from, detections_3d_msg
 from ..inputs.image_conversion import ImageConversionError, to_rgb
 from ..outputs import mappers as mapper_outputs
+from ..outputs import semantic_inference
+from ..outputs.depth import cloud_msg, detections_3d_from, detections_3d_msg
+from ..outputs.features import features_fields, features_msg, frame_dense, needs_dense
+from ..outputs.instances import (DepthForInstances, FrameObjects, frame_objects,
+                                 instance_array_msg, instance_detection_fields, instances_msg)
+from ..outputs.messages import color_image_msg, label_image_msg, objects_msg
 from ..outputs.publishers import CameraOutputs
+from ..outputs.semantic_inference import semantic_listened
+from ..outputs.vision import detections_msg, detections_msg_from
 from .in_force import Work
 from .kept import KeptFrame, KeptFrames
-from ..outputs.instances import (DepthForInstances, FrameObjects, frame_objects,
-                               instance_array_msg, instance_detection_fields, instances_msg)
-from ..outputs.features import features_fields, features_msg, frame_dense, needs_dense
-from ..outputs import semantic_inference
-from ..outputs.semantic_inference import semantic_listened
-from ..outputs.messages import color_image_msg, label_image_msg, objects_msg
-from ..outputs.vision import detections_msg, detections_msg_from
 
 if TYPE_CHECKING:   # torch: loaded with the segmenter, after the parameters are checked
     from ...core.queries.dense import DenseFeatures
