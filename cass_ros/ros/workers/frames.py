@@ -179,7 +179,7 @@ class FrameWorker:
         out = self._outputs[frame.cam.index]
         header, runtime = frame.header, work.runtime
         out.labels.publish(label_image_msg(result, header))
-        if dense is not None and out.features is not None and self._features_wanted(frame, work):
+        if dense is not None and self._features_wanted(frame, work):
             models = work.segmenter.models
             out.features.publish(features_msg(features_fields(
                 dense, result.labels.shape, models.clip_id, models.weights_sha256(),
